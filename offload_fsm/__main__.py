@@ -1,0 +1,3 @@
+from offload_fsm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One module per ``offload-fsm`` subcommand (see :mod:`offload_fsm.cli`)."""

@@ -1,0 +1,96 @@
+"""The probe seam: readings as frozen dataclasses and the one async backend interface.
+
+Bytes are ``int | None``: None means *unknown*, never 0. A backend answers for a set of
+devices in **one round** (whole-device memory and the compute processes), so a gate decision
+never mixes samples taken at different times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+GIB = 1024**3
+MIB = 1024**2
+
+
+@dataclass(frozen=True, slots=True)
+class GpuDevice:
+    """One physical GPU, canonically identified. ``key`` is what events and gates use."""
+
+    index: int  # NVML (PCI-order) index on its node
+    uuid: str  # "GPU-..." as NVML reports it
+    bus_id: str  # "00000000:3B:00.0" as NVML / nvidia-smi print it
+    name: str = ""
+    total_bytes: int | None = None
+    node: str | None = None  # set for GPUs on other Ray nodes
+
+    @property
+    def key(self) -> str:
+        return f"{self.node}/{self.uuid}" if self.node else self.uuid
+
+    def label(self) -> str:
+        """Short human label: ``gpu0`` or ``node-a/gpu0``."""
+        return f"{self.node}/gpu{self.index}" if self.node else f"gpu{self.index}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceMemory:
+    """Whole-device memory of one GPU in one round."""
+
+    device: GpuDevice
+    total_bytes: int | None
+    used_bytes: int | None  # v2 semantics: every process, co-tenants included; no reserve
+    free_bytes: int | None
+    reserved_bytes: int | None  # driver/firmware reserve (v2); None where unknown
+    semantics: str = "v2"  # "v2" | "v1" (used includes the reserve) | "smi"
+
+
+@dataclass(frozen=True, slots=True)
+class GpuProcess:
+    """A compute process on one GPU. ``used_bytes`` None: the driver would not say."""
+
+    device: GpuDevice
+    pid: int
+    used_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRound:
+    """Everything one probe round saw, for the devices asked about (in that order)."""
+
+    backend: str
+    sampled_at: float  # the injected clock's ``now()`` when the round completed
+    memory: tuple[DeviceMemory, ...]
+    processes: tuple[GpuProcess, ...]
+    # False when processes cannot be placed on a GPU (legacy nvidia-smi query): per-GPU
+    # attribution is then unknown, whole-device figures stay valid.
+    per_gpu_processes: bool = True
+    notes: tuple[str, ...] = ()  # degradations worth saying: "v1 memory semantics", ...
+
+    def memory_of(self, device: GpuDevice) -> DeviceMemory:
+        for mem in self.memory:
+            if mem.device.key == device.key:
+                return mem
+        raise KeyError(f"{device.label()} ({device.key}) was not in this probe round")
+
+    def processes_on(self, device: GpuDevice) -> tuple[GpuProcess, ...]:
+        return tuple(p for p in self.processes if p.device.key == device.key)
+
+
+@runtime_checkable
+class ProbeBackend(Protocol):
+    """One source of GPU memory readings. Errors are :mod:`offload_fsm.errors` ProbeErrors."""
+
+    name: str
+
+    async def devices(self) -> tuple[GpuDevice, ...]:
+        """Every GPU this backend sees, in NVML index order."""
+        ...
+
+    async def probe(self, devices: Sequence[GpuDevice]) -> ProbeRound:
+        """One round for ``devices``: memory of each, and their compute processes."""
+        ...
+
+    async def aclose(self) -> None: ...
