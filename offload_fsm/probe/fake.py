@@ -7,7 +7,7 @@ driver reserve per device); simulated engines move memory in it and probes read 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from offload_fsm.clock import Clock, RealClock
@@ -50,6 +50,22 @@ class FakeGpus:
         self.clock: Clock = clock or RealClock()
         self._usage: dict[tuple[int, str], int] = {}  # (pid, device key) -> bytes
         self._unknown: set[int] = set()  # pids whose usage the "driver" will not report
+        self._sources: list[Callable[[], Iterable[tuple[int, str, int]]]] = []
+
+    def add_source(self, source: Callable[[], Iterable[tuple[int, str, int]]]) -> None:
+        """Extra usage read at every snapshot: ``(pid, device key, bytes)`` rows, e.g. from
+        simulated engine processes that keep their ledger in files."""
+        self._sources.append(source)
+
+    def _entries(self) -> dict[tuple[int, str], int]:
+        if not self._sources:
+            return self._usage
+        merged = dict(self._usage)
+        for source in self._sources:
+            for pid, key, nbytes in source():
+                if nbytes > 0:
+                    merged[(pid, key)] = merged.get((pid, key), 0) + nbytes
+        return merged
 
     def device(self, ref: int | str | GpuDevice) -> GpuDevice:
         if isinstance(ref, GpuDevice):
@@ -74,7 +90,7 @@ class FakeGpus:
 
     def used(self, device: int | str | GpuDevice) -> int:
         key = self.device(device).key
-        return sum(b for (_, k), b in self._usage.items() if k == key)
+        return sum(b for (_, k), b in self._entries().items() if k == key)
 
     def hide_usage(self, pid: int, hidden: bool = True) -> None:
         """Report ``pid``'s per-process usage as unknown (None), as some drivers do."""
@@ -83,8 +99,9 @@ class FakeGpus:
     def snapshot(self, devices: Sequence[GpuDevice]) -> ProbeRound:
         memory = []
         processes = []
+        entries = self._entries()
         for dev in devices:
-            used = self.used(dev)
+            used = sum(b for (_, k), b in entries.items() if k == dev.key)
             total = dev.total_bytes
             memory.append(
                 DeviceMemory(
@@ -95,7 +112,7 @@ class FakeGpus:
                     reserved_bytes=0,
                 )
             )
-            for (pid, key), nbytes in sorted(self._usage.items()):
+            for (pid, key), nbytes in sorted(entries.items()):
                 if key == dev.key:
                     shown = None if pid in self._unknown else nbytes
                     processes.append(GpuProcess(device=dev, pid=pid, used_bytes=shown))

@@ -1,0 +1,43 @@
+"""The engine adapter interface the orchestrator drives.
+
+The orchestrator calls these in order and wraps every call in a timeout and events; adapters
+only talk to their engine and raise :class:`offload_fsm.errors.EngineError` subclasses (mapping
+httpx / OS errors at this boundary). Nothing here retries a call that is not idempotent
+(``resume`` above all: resuming a tag that is not released raises in SGLang).
+
+Release:  prepare_release() -> release(tags)          (then the orchestrator's release gate)
+Wake:     (the orchestrator's wake gate) -> resume(tags) -> finish_wake()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class EngineAdapter(Protocol):
+    name: str  # "sglang" | "vllm" | "trainer" | "sim" | ...
+
+    @property
+    def process_root(self) -> int | None:
+        """PID of the engine's process tree root (spawn parent) for attribution, or None."""
+        ...
+
+    async def prepare_release(self, drain_timeout_s: float) -> None:
+        """Stop admission, abort/drain running requests (bounded), pause generation."""
+        ...
+
+    async def release(self, tags: Sequence[str] | None) -> None:
+        """Ask the engine to release GPU memory (None = everything)."""
+        ...
+
+    async def resume(self, tags: Sequence[str] | None) -> None:
+        """Ask the engine to re-acquire GPU memory. Not idempotent: called once per wake."""
+        ...
+
+    async def finish_wake(self) -> None:
+        """After a resume: continue generation, re-open admission (sync weights hook)."""
+        ...
+
+    async def aclose(self) -> None: ...
