@@ -68,3 +68,41 @@ def attribute(
             "pid_namespace": pid_namespace,
         }
     )
+
+
+class ProcessTable:
+    """pid -> ppid from one walk of /proc (minimal version)."""
+
+    def __init__(self, parents: dict[int, int]) -> None:
+        self.parents = parents
+
+    @classmethod
+    def snapshot(cls, proc_root: str = "/proc") -> ProcessTable:
+        import os
+
+        parents: dict[int, int] = {}
+        for name in os.listdir(proc_root):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"{proc_root}/{name}/stat", "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            rest = data[data.rfind(b")") + 2 :].split()
+            parents[int(name)] = int(rest[1])
+        return cls(parents)
+
+    def tree(self, root: int) -> frozenset[int]:
+        if root not in self.parents:
+            return frozenset()
+        children: dict[int, list[int]] = {}
+        for pid, ppid in self.parents.items():
+            children.setdefault(ppid, []).append(pid)
+        out, stack = {root}, [root]
+        while stack:
+            for c in children.get(stack.pop(), []):
+                if c not in out:
+                    out.add(c)
+                    stack.append(c)
+        return frozenset(out)
