@@ -24,6 +24,7 @@ import anyio
 from offload_fsm.adapters.base import EngineAdapter
 from offload_fsm.bus import Recorder
 from offload_fsm.clock import Clock, RealClock, deadline
+from offload_fsm.concurrency import all_or_first_error
 from offload_fsm.conditions import ReleaseCondition, ResumeCondition, WakeCondition
 from offload_fsm.config import (
     CUDA_CONTEXT_FLOOR_GIB,
@@ -314,10 +315,10 @@ class Orchestrator:
         self, engine_ids: Iterable[str], tags: Sequence[str] | None = None
     ) -> None:
         """Release concurrently; the first failure cancels the rest and is re-raised."""
-        await _all_or_first_error([partial(self.release, i, tags) for i in engine_ids])
+        await all_or_first_error([partial(self.release, i, tags) for i in engine_ids])
 
     async def wake_many(self, engine_ids: Iterable[str], tags: Sequence[str] | None = None) -> None:
-        await _all_or_first_error([partial(self.wake, i, tags) for i in engine_ids])
+        await all_or_first_error([partial(self.wake, i, tags) for i in engine_ids])
 
     async def recover(self, engine_id: str, evidence: Evidence) -> None:
         """failed -> slept | active, only with explicit evidence (kept in the event log)."""
@@ -470,26 +471,6 @@ class Orchestrator:
             **fields,
         )
         return report
-
-
-async def _all_or_first_error(jobs: Sequence[Callable[[], Awaitable[None]]]) -> None:
-    """Run ``jobs`` in one task group; on the first failure cancel the rest and re-raise it
-    (not wrapped in an ExceptionGroup, so callers catch the typed error they expect)."""
-    first: list[BaseException] = []
-
-    async def guarded(job: Callable[[], Awaitable[None]], tg: anyio.abc.TaskGroup) -> None:
-        try:
-            await job()
-        except Exception as exc:
-            if not first:
-                first.append(exc)
-            tg.cancel_scope.cancel()
-
-    async with anyio.create_task_group() as tg:
-        for job in jobs:
-            tg.start_soon(guarded, job, tg)
-    if first:
-        raise first[0]
 
 
 def _tags(tags: Sequence[str] | None) -> list[str] | None:
