@@ -60,6 +60,39 @@ class GateResult:
     unmeasured: bool = False
 
 
+class Nudge:
+    """Wakes waiting gates early: "memory on these GPUs may have just moved".
+
+    The orchestrator nudges when a release call returns or an engine leaves memory behind;
+    a nudged gate polls at once and restarts its backoff from the fastest interval, so it
+    can back off to a cheap cap while nothing happens yet react within milliseconds.
+    """
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self.count = 0
+
+    def nudge(self) -> None:
+        self.count += 1
+        self._event.set()
+        self._event = anyio.Event()
+
+    async def sleep(self, clock: Clock, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True when nudged before that."""
+        event = self._event
+        if getattr(clock, "virtual", False):
+            try:
+                async with deadline(clock, seconds):
+                    await event.wait()
+            except TimeoutError:
+                return False
+            return True
+        with anyio.move_on_after(seconds):
+            await event.wait()
+            return True
+        return False
+
+
 @dataclass(slots=True)
 class GateContext:
     """Who the gate is for (copied into every event)."""
@@ -68,9 +101,11 @@ class GateContext:
     pipeline_id: str | None = None
     on_progress: Callable[[Verdict, int, float], None] | None = None  # CLI progress lines
     report: Callable[[ProbeRound | None], Awaitable[object]] | None = None
+    nudge: Nudge | None = None
     _last_sampled: dict[str, int | None] = field(default_factory=dict)
 
 
+_EPSILON_S = 1e-6
 _MOVED_BYTES = 1 * MIB  # memory that moved more than this resets polling to its fastest
 
 
@@ -161,14 +196,22 @@ async def run_gate(
             ctx.on_progress(verdict, settle, elapsed)
         if opened:
             return GateResult(True, False, attempts, elapsed, last_round, verdict)
-        if elapsed >= policy.deadline_s:
+        if elapsed >= policy.deadline_s - _EPSILON_S:  # float sums never quite reach it
             break
-        if changed or verdict.passed:
+        if verdict.passed:
             interval = policy.poll_min_s
+            pause = policy.settle_interval_s
         else:
-            interval = min(interval * policy.backoff, policy.poll_max_s)
+            interval = (
+                policy.poll_min_s if changed else min(interval * policy.backoff, policy.poll_max_s)
+            )
+            pause = interval
         prev_observed = verdict.observed
-        await clock.sleep(min(interval, max(0.0, policy.deadline_s - elapsed)))
+        pause = min(pause, max(0.0, policy.deadline_s - elapsed))
+        if ctx.nudge is None or verdict.passed:
+            await clock.sleep(pause)
+        elif await ctx.nudge.sleep(clock, pause):
+            interval = policy.poll_min_s
 
     assert verdict is not None
     unmeasured = verdict.passed is None

@@ -51,7 +51,7 @@ from offload_fsm.events import (
     RunStarted,
     Transition,
 )
-from offload_fsm.gate import GateContext, GateResult, run_gate
+from offload_fsm.gate import GateContext, GateResult, Nudge, run_gate
 from offload_fsm.lifecycle import AWAKE_STATES, Evidence, Lifecycle, State, Trigger
 from offload_fsm.probe.attribution import Attribution, ProcessTable, attribute, resident_by_gpu
 from offload_fsm.probe.base import GpuDevice, ProbeBackend, ProbeRound
@@ -155,6 +155,7 @@ class Orchestrator:
         self.config = config
         self.clock: Clock = clock or recorder.clock or RealClock()
         self.engines: dict[str, Engine] = {}
+        self.nudge = Nudge()  # wakes waiting gates whenever memory may have moved
 
     # --- run and registration ---------------------------------------------------------------
 
@@ -217,6 +218,7 @@ class Orchestrator:
             await self._call(
                 eng, "release", eng.spec.adapter.release, _tags(tags), detail=_tag_text(tags)
             )
+            self.nudge.nudge()  # memory on these GPUs may just have moved
             limit = eng.spec.release_limit_bytes or self.config.default_release_limit_bytes
             pids = self._pids_of(eng)
             result = await self._gate(
@@ -333,6 +335,8 @@ class Orchestrator:
 
     async def _emit_transition(self, eng: Engine, step: Any, evidence: str | None = None) -> None:
         eng.history.append(step.dst.value)
+        if step.dst in (State.SLEPT, State.FAILED):
+            self.nudge.nudge()  # memory or a blocker on these GPUs may have gone
         with anyio.CancelScope(shield=True):  # the log must record every transition made
             await self.recorder.emit(
                 Transition,
@@ -415,6 +419,7 @@ class Orchestrator:
 
     async def _gate(self, eng: Engine, condition: Any, policy: GatePolicy) -> GateResult:
         ctx = GateContext(
+            nudge=self.nudge,
             engine_id=eng.id,
             pipeline_id=eng.spec.pipeline_id,
             report=lambda rnd: self._report(eng, rnd, f"{condition.gate}_timeout"),
