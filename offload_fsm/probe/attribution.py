@@ -249,14 +249,13 @@ class Attribution:
     def to_event_fields(self, engine_id: str | None = None) -> dict[str, Any]:
         """Keyword arguments for :class:`offload_fsm.events.AttributionReport` (pass
         ``gpus=attribution.gpu_keys`` alongside). ``engine_id`` picks whose resident bytes
-        are reported; it may be left out when the attribution has at most one engine."""
-        if engine_id is None:
-            if len(self.engines) > 1:
-                raise ConfigError(
-                    "engine_id", None, "one of " + ", ".join(self.engines) + " (several trees)"
-                )
-            engine_id = self.engines[0] if self.engines else None
-        resident = self.resident(engine_id) if engine_id is not None else (None,) * len(self.gpus)
+        go in ``engine_resident_bytes``; left out, that is the only engine's, or unknown
+        (None per GPU) when there are several."""
+        if engine_id is None and len(self.engines) == 1:
+            engine_id = self.engines[0]
+        resident = (
+            self.resident(engine_id) if engine_id is not None else (None,) * len(self.gpus)
+        )
         entries = [
             ProcessEntry(gpu=g.device.key, pid=p.pid, used_bytes=p.used_bytes, owner=p.owner)
             for g in self.gpus
@@ -358,14 +357,16 @@ def attribute(
     round: ProbeRound,
     trees: Mapping[str, AbstractSet[int]],
     *,
-    pid_namespace: str,
+    pid_namespace: str = "host",
     table: ProcessTable | None = None,
 ) -> Attribution:
     """Attribute every process of ``round`` to an engine tree, ``"foreign"`` (co-tenant or
     orphan) or ``"unknown"`` (foreign/unknown PID namespace, or no readable proc table).
 
     ``trees`` maps engine id -> pids (``table.tree(root)``). ``table``, if given, names
-    processes and says whether ``/proc`` was readable at all.
+    processes and says whether ``/proc`` was readable at all. Pass ``pid_namespace`` from
+    :func:`detect_pid_namespace` (or the fake ledger's ``pid_namespace``); the ``"host"``
+    default only keeps older callers working.
     """
     _check_namespace(pid_namespace)
     available = table.available if table is not None else True
