@@ -253,9 +253,7 @@ class Attribution:
         (None per GPU) when there are several."""
         if engine_id is None and len(self.engines) == 1:
             engine_id = self.engines[0]
-        resident = (
-            self.resident(engine_id) if engine_id is not None else (None,) * len(self.gpus)
-        )
+        resident = self.resident(engine_id) if engine_id is not None else (None,) * len(self.gpus)
         entries = [
             ProcessEntry(gpu=g.device.key, pid=p.pid, used_bytes=p.used_bytes, owner=p.owner)
             for g in self.gpus
