@@ -59,26 +59,30 @@ class ProcessTable:
         ``available`` False."""
         root = os.fspath(proc_root)
         try:
-            entries = os.listdir(root)
+            # Open each stat file relative to the root's descriptor: no path walk per pid.
+            root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         except OSError:
             return cls({}, proc_root=root, available=False)
         procs: dict[int, ProcInfo] = {}
-        for name in entries:
-            if not name.isdigit():
-                continue
-            try:
-                fd = os.open(f"{root}/{name}/stat", os.O_RDONLY)
-            except OSError:
-                continue  # vanished (or not a process directory)
-            try:
-                data = os.read(fd, 4096)
-            except OSError:
-                continue
-            finally:
-                os.close(fd)
-            info = parse_stat(int(name), data)
-            if info is not None:
-                procs[info.pid] = info
+        try:
+            for name in os.listdir(root_fd):
+                if not name.isdigit():
+                    continue
+                try:
+                    fd = os.open(name + "/stat", os.O_RDONLY, dir_fd=root_fd)
+                except OSError:
+                    continue  # vanished (or not a process directory)
+                try:
+                    data = os.read(fd, 4096)
+                except OSError:
+                    continue
+                finally:
+                    os.close(fd)
+                info = parse_stat(int(name), data)
+                if info is not None:
+                    procs[info.pid] = info
+        finally:
+            os.close(root_fd)
         return cls(procs, proc_root=root)
 
     def __len__(self) -> int:

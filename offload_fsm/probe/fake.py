@@ -313,9 +313,12 @@ class FakeGpus:
     def snapshot(self, devices: Sequence[GpuDevice]) -> ProbeRound:
         memory = []
         processes = []
-        entries = self._entries()
+        by_device: dict[str, list[tuple[int, int]]] = {}
+        for (pid, key), nbytes in sorted(self._entries().items()):
+            by_device.setdefault(key, []).append((pid, nbytes))
         for dev in devices:
-            used = sum(b for (_, k), b in entries.items() if k == dev.key)
+            rows = by_device.get(dev.key, [])
+            used = sum(nbytes for _, nbytes in rows)
             reserved = self._reserved.get(dev.key, 0)
             total = dev.total_bytes
             memory.append(
@@ -329,12 +332,11 @@ class FakeGpus:
             )
             if dev.key in self._hidden_lists:
                 continue
-            for (pid, key), nbytes in sorted(entries.items()):
-                if key == dev.key:
-                    shown = None if pid in self._unknown else nbytes
-                    processes.append(
-                        GpuProcess(device=dev, pid=pid + self._pid_offset, used_bytes=shown)
-                    )
+            for pid, nbytes in rows:
+                shown = None if pid in self._unknown else nbytes
+                processes.append(
+                    GpuProcess(device=dev, pid=pid + self._pid_offset, used_bytes=shown)
+                )
         unknown = tuple(d.key for d in devices if d.key in self._hidden_lists)
         return ProbeRound(
             "fake",
