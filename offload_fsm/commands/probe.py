@@ -126,6 +126,10 @@ async def _probe(args: argparse.Namespace, engines: dict[str, int]) -> int:
             table = ProcessTable.snapshot(args.proc_root)
             namespace = detect_pid_namespace(args.proc_root)
             trees = {name: table.tree(pid) for name, pid in engines.items()}
+            if rounds == 0:
+                for name, pid in engines.items():
+                    if table.available and pid not in table:
+                        print(f"note: engine {name}: pid {pid} is not running", file=sys.stderr)
             report = attribute(rnd, trees, pid_namespace=namespace, table=table)
             if args.json:
                 sys.stdout.write(json.dumps(report.to_dict()) + "\n")

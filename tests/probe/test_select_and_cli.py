@@ -83,6 +83,17 @@ def test_probe_command_fake_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert doc["backend"] == "fake"
 
 
+def test_probe_command_says_when_an_engine_root_is_gone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = make_proc(tmp_path / "proc", [(1, 0, "init")])
+    argv = ["probe", "--backend", "fake", "--engine-pid", "gone=4321", "--proc-root", str(root)]
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "engine gone: pid 4321 is not running" in captured.err
+    assert "engine gone: resident unknown" in captured.out
+
+
 def test_probe_command_gpus_and_watch(capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(
         ["probe", "--backend", "fake", "--gpus", "GPU-fake0001", "--watch", "0.01", "--count", "2"]
