@@ -76,7 +76,11 @@ def parse_engine_pids(values: list[str]) -> dict[str, int]:
         name, sep, pid_text = value.rpartition("=")
         if not sep:
             name = f"pid{pid_text}"
-        if not pid_text.isdigit() or int(pid_text) < 1 or (sep and not name):
+        if (
+            not (pid_text.isascii() and pid_text.isdigit())
+            or int(pid_text) < 1
+            or (sep and not name)
+        ):
             raise ConfigError("--engine-pid", value, "PID or NAME=PID with a positive PID")
         if name in engines:
             raise ConfigError("--engine-pid", value, f"a name not used twice ({name!r})")

@@ -66,7 +66,7 @@ class ProcessTable:
         procs: dict[int, ProcInfo] = {}
         try:
             for name in os.listdir(root_fd):
-                if not name.isdigit():
+                if not (name.isascii() and name.isdigit()):
                     continue
                 try:
                     fd = os.open(name + "/stat", os.O_RDONLY, dir_fd=root_fd)

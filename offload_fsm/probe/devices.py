@@ -33,6 +33,11 @@ _PREFIXED_BODY = re.compile(r"^[0-9A-Za-z-]*$")  # after "GPU-" (simulated GPUs 
 _HIDE_ALL = ("", "-1", "NoDevFiles")
 
 
+def is_decimal(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts "¹", which ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def canonical_bus_id(text: str) -> str | None:
     """``00000000:3B:00.0`` (NVML's and nvidia-smi's form) for any bus-id form, else None."""
     m = _BUS_ID.match(text.strip())
@@ -59,7 +64,9 @@ def _is_uuid_form(text: str) -> bool:
     if text[:4].upper() == "GPU-":
         return bool(_PREFIXED_BODY.match(text[4:]))
     # A bare prefix: hex digits and dashes, not only digits (that is an index).
-    return bool(text and _UUID_BODY.match(text)) and not text.isdigit() and not text.startswith("-")
+    return (
+        bool(text and _UUID_BODY.match(text)) and not is_decimal(text) and not text.startswith("-")
+    )
 
 
 def _describe(devices: Sequence[GpuDevice]) -> str:
@@ -71,7 +78,7 @@ def _describe(devices: Sequence[GpuDevice]) -> str:
 def resolve_device(ref: str | int, devices: Sequence[GpuDevice]) -> GpuDevice:
     """One physical GPU named by index, UUID (prefix) or PCI bus id among ``devices``."""
     text = str(ref).strip()
-    if isinstance(ref, int) or text.isdigit():
+    if isinstance(ref, int) or is_decimal(text):
         index = int(text)
         for dev in devices:
             if dev.index == index:
@@ -147,7 +154,7 @@ def cuda_visible_order(
         label = f"CUDA_VISIBLE_DEVICES={cuda_visible_devices!r}: entry {entry!r}"
         if entry.upper().startswith("MIG-"):
             raise DeviceIdError(f"{label} is a MIG instance; MIG devices are not supported")
-        if entry.lstrip("-").isdigit():
+        if is_decimal(entry.lstrip("-")):
             ordinal = int(entry)
             if ordinal < 0 or ordinal >= len(enumeration):
                 raise DeviceIdError(f"{label} is out of range ({len(enumeration)} GPUs)")
@@ -194,7 +201,7 @@ def resolve_devices(
     named: dict[str, str | int] = {}
     for ref in items:
         text = str(ref).strip()
-        if relative and (isinstance(ref, int) or text.isdigit()):
+        if relative and (isinstance(ref, int) or is_decimal(text)):
             if visible is None:
                 visible = cuda_visible_order(
                     cuda_visible_devices, devices, cuda_device_order=cuda_device_order

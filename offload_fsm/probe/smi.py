@@ -43,7 +43,7 @@ from offload_fsm.probe.base import (
     ProbeRound,
     UnplacedProcess,
 )
-from offload_fsm.probe.devices import canonical_bus_id
+from offload_fsm.probe.devices import canonical_bus_id, is_decimal
 
 GPU_FIELDS = (
     "index",
@@ -113,7 +113,7 @@ def parse_gpu_rows(text: str, fields: Sequence[str] = GPU_FIELDS) -> tuple[list[
         got = dict(zip(fields, cells, strict=True))
         bus = canonical_bus_id(got["pci.bus_id"])
         uuid = got["uuid"]
-        if not got["index"].isdigit() or bus is None or not uuid.startswith("GPU-"):
+        if not is_decimal(got["index"]) or bus is None or not uuid.startswith("GPU-"):
             skipped += 1
             continue
         try:
@@ -148,7 +148,7 @@ def parse_app_rows(text: str, *, legacy: bool = False) -> tuple[list[SmiAppRow],
         if not line.strip() or line.strip().lower().startswith("no running"):
             continue
         cells = [c.strip() for c in line.split(",")]
-        if len(cells) != width or not cells[-2].isdigit():
+        if len(cells) != width or not is_decimal(cells[-2]):
             skipped += 1
             continue
         bus = None if legacy else canonical_bus_id(cells[0])

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from offload_fsm import codec
 from offload_fsm.errors import ConfigError
@@ -78,6 +80,17 @@ def test_parse_stat_edge_cases() -> None:
     assert info is not None and (info.comm, info.state, info.ppid) == ("a) b) (c", "R", 3)
     assert parse_stat(7, b"7 (x)") is None
     assert parse_stat(7, b"") is None
+
+
+@given(st.binary(max_size=80))
+def test_parse_stat_never_crashes(data: bytes) -> None:
+    info = parse_stat(1, data)
+    assert info is None or info.pid == 1
+
+
+def test_unicode_digit_directories_are_not_pids(proc_root: Path) -> None:
+    (proc_root / "¹").mkdir()
+    assert len(ProcessTable.snapshot(proc_root)) == len(PROCS)
 
 
 def test_real_proc_contains_this_process() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,22 @@ def test_probe_modules_never_import_a_cuda_runtime() -> None:
                 names = [node.module]
             for name in names:
                 assert name.split(".")[0] not in banned, f"{path.name} imports {name}"
+
+
+@given(st.text(max_size=40))
+def test_resolution_of_any_text_is_a_device_or_a_device_id_error(text: str) -> None:
+    for call in (
+        lambda: resolve_device(text, FOUR),
+        lambda: resolve_devices(text, FOUR),
+        lambda: resolve_devices(text, MIXED, relative=True, cuda_device_order="PCI_BUS_ID"),
+        lambda: cuda_visible_order(text, FOUR),
+    ):
+        with contextlib.suppress(DeviceIdError):
+            call()
+
+
+def test_unicode_digits_are_not_indices() -> None:
+    with pytest.raises(DeviceIdError, match="not an index"):
+        resolve_device("¹", FOUR)
+    with pytest.raises(DeviceIdError):
+        cuda_visible_order("²", FOUR)

@@ -66,7 +66,7 @@ async def test_named_backends_do_not_fall_back(smi_dir: Path) -> None:  # noqa: 
 
 def test_engine_pid_parsing() -> None:
     assert parse_engine_pids(["12", "rollout=34"]) == {"pid12": 12, "rollout": 34}
-    for bad in (["x"], ["a=b"], ["=5"], ["0"], ["a=1", "a=2"]):
+    for bad in (["x"], ["a=b"], ["=5"], ["0"], ["a=1", "a=2"], ["¹"], ["a=²"]):
         with pytest.raises(ConfigError, match="--engine-pid"):
             parse_engine_pids(bad)
 

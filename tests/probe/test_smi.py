@@ -9,6 +9,8 @@ from pathlib import Path
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from offload_fsm.errors import (
     BackendUnavailable,
@@ -235,3 +237,13 @@ async def test_a_hung_call_is_killed_at_its_timeout(smi_dir: Path) -> None:
 def test_bad_timeout_is_refused() -> None:
     with pytest.raises(ConfigError, match="timeout_s"):
         SmiBackend(timeout_s=0)
+
+
+@given(st.text(alphabet=st.sampled_from("0123456789¹,:.-[]/ NAGPU\n"), max_size=200))
+def test_parsers_never_crash(text: str) -> None:
+    rows, skipped = parse_gpu_rows(text)
+    assert len(rows) + skipped == sum(1 for line in text.splitlines() if line.strip())
+    assert all(r.bus_id.startswith("0000") for r in rows)
+    apps, _ = parse_app_rows(text)
+    legacy, _ = parse_app_rows(text, legacy=True)
+    assert all(a.pid >= 0 for a in apps + legacy)
