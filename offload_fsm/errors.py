@@ -7,6 +7,7 @@
     ├── ProbeError                  measuring GPU memory failed
     │   ├── BackendUnavailable      NVML / nvidia-smi cannot be used at all (no retry)
     │   ├── TransientProbeError     timeout / unknown / insufficient size (retried)
+    │   │   └── ProbeTimeout        a probe call did not answer before its deadline
     │   ├── DeviceUnhealthy         GPU lost or needs a reset (loud, no retry)
     │   └── DeviceIdError           a GPU id that is unknown, ambiguous or duplicated
     ├── GateError
@@ -70,6 +71,10 @@ class BackendUnavailable(ProbeError):
 
 class TransientProbeError(ProbeError):
     """A probe call failed in a way that may succeed on retry."""
+
+
+class ProbeTimeout(TransientProbeError):
+    """A probe call did not answer before its deadline; a hung driver call is abandoned."""
 
 
 class DeviceUnhealthy(ProbeError):

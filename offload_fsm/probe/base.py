@@ -57,6 +57,15 @@ class GpuProcess:
 
 
 @dataclass(frozen=True, slots=True)
+class UnplacedProcess:
+    """A compute process whose GPU is not known (legacy nvidia-smi query): usage summed over
+    every GPU it uses."""
+
+    pid: int
+    used_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeRound:
     """Everything one probe round saw, for the devices asked about (in that order)."""
 
@@ -68,6 +77,11 @@ class ProbeRound:
     # attribution is then unknown, whole-device figures stay valid.
     per_gpu_processes: bool = True
     notes: tuple[str, ...] = ()  # degradations worth saying: "v1 memory semantics", ...
+    # Device keys whose process list the driver would not give (NotSupported/NoPermission):
+    # per-process figures there are unknown, whole-device figures stay valid.
+    unknown_processes: tuple[str, ...] = ()
+    # Processes that could not be placed on a GPU (only when ``per_gpu_processes`` is False).
+    unplaced: tuple[UnplacedProcess, ...] = ()
 
     def memory_of(self, device: GpuDevice) -> DeviceMemory:
         for mem in self.memory:
@@ -77,6 +91,14 @@ class ProbeRound:
 
     def processes_on(self, device: GpuDevice) -> tuple[GpuProcess, ...]:
         return tuple(p for p in self.processes if p.device.key == device.key)
+
+    def processes_known(self, device: GpuDevice) -> bool:
+        """Whether ``processes_on(device)`` is the full list (else per-process is unknown)."""
+        return self.per_gpu_processes and device.key not in self.unknown_processes
+
+    @property
+    def devices(self) -> tuple[GpuDevice, ...]:
+        return tuple(m.device for m in self.memory)
 
 
 @runtime_checkable
