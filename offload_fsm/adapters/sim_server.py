@@ -146,6 +146,7 @@ def _tags_from_body(body: object) -> list[str] | None:
 
 class SimHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like uvicorn
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms stall
     server: SimHTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: stdout/stderr stay clean
