@@ -132,8 +132,8 @@ async def test_late_release_returns_200_before_memory_drops(
     t0 = time.monotonic()
     await adapter.release(None)
     assert gpus.used(0) == FP.total  # "released", yet nothing moved
-    waited = await wait_for(lambda: gpus.used(0) == FP.context)
-    assert time.monotonic() - t0 >= 0.55 and waited > 0.3
+    await wait_for(lambda: gpus.used(0) == FP.context)
+    assert time.monotonic() - t0 >= 0.55
     await adapter.aclose()
 
 
@@ -177,7 +177,7 @@ async def test_http_500_and_hang(sim: SimServerProcess, gpus: FakeGpus) -> None:
     t0 = time.monotonic()
     with pytest.raises(EngineCallTimeout):
         await adapter.release(None)
-    assert 0.25 <= time.monotonic() - t0 < 1.5
+    assert 0.25 <= time.monotonic() - t0 < 1.9  # the client gave up, not the 2 s hang
     assert gpus.used(0) == FP.total
     await adapter.aclose()
 
@@ -223,11 +223,12 @@ async def test_crash_drops_memory_later_and_then_refuses(tmp_path: Path) -> None
         await adapter.prepare_release(2.0)
         await adapter.release(["kv_cache"])
         assert gpus.used(0) == FP.total - FP.kv_cache
+        t0 = time.monotonic()
         with pytest.raises(EngineUnreachable):
             await adapter.resume(["kv_cache"])
         assert gpus.used(0) == FP.total - FP.kv_cache  # dying, not yet gone
-        waited = await wait_for(lambda: gpus.used(0) == 0)
-        assert waited > 0.1  # the memory went with the process, after the delay
+        await wait_for(lambda: gpus.used(0) == 0)
+        assert time.monotonic() - t0 >= 0.25  # the memory went with the process, later
         await wait_for(lambda: not psutil.pid_exists(srv.scheduler_pid))
         with pytest.raises(EngineUnreachable):
             await adapter.finish_wake()  # the launcher closed its port
