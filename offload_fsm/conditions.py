@@ -70,10 +70,11 @@ class ReleaseCondition:
     pids: Callable[[], AbstractSet[int]]
     limit_bytes: int
     unmeasured: str = "pass"
+    pid_namespace: str = "host"
     gate: str = "release"
 
     def evaluate(self, round: ProbeRound) -> Verdict:
-        by_gpu = resident_by_gpu(round, self.pids())
+        by_gpu = resident_by_gpu(round, self.pids(), pid_namespace=self.pid_namespace)
         observed = tuple(by_gpu.get(d.key) for d in self.devices)
         known = [b for b in observed if b is not None]
         if not known:
@@ -104,10 +105,11 @@ class ResumeCondition:
     before_bytes: int
     fraction: float
     unmeasured: str = "pass"
+    pid_namespace: str = "host"
     gate: str = "resume"
 
     def evaluate(self, round: ProbeRound) -> Verdict:
-        by_gpu = resident_by_gpu(round, self.pids())
+        by_gpu = resident_by_gpu(round, self.pids(), pid_namespace=self.pid_namespace)
         observed = tuple(by_gpu.get(d.key) for d in self.devices)
         known = [b for b in observed if b is not None]
         need = int(self.before_bytes * self.fraction)

@@ -53,7 +53,13 @@ from offload_fsm.events import (
 )
 from offload_fsm.gate import GateContext, GateResult, Nudge, run_gate
 from offload_fsm.lifecycle import AWAKE_STATES, Evidence, Lifecycle, State, Trigger
-from offload_fsm.probe.attribution import Attribution, ProcessTable, attribute, resident_by_gpu
+from offload_fsm.probe.attribution import (
+    Attribution,
+    ProcessTable,
+    attribute,
+    detect_pid_namespace,
+    resident_by_gpu,
+)
 from offload_fsm.probe.base import GpuDevice, ProbeBackend, ProbeRound
 
 PidsFn = Callable[[], frozenset[int]]
@@ -113,6 +119,9 @@ class OrchestratorConfig:
     release_unmeasured: str = "pass"  # "pass" | "fail" when no engine PID is visible
     resume_unmeasured: str = "pass"
     proc_root: str = "/proc"
+    # "host" | "foreign" | "unknown"; None: detected from ``proc_root`` at start. In a
+    # foreign PID namespace per-process figures are unknown (whole-GPU ones stay valid).
+    pid_namespace: str | None = None
 
     def __post_init__(self) -> None:
         if self.threshold_bytes <= 0:
@@ -156,6 +165,7 @@ class Orchestrator:
         self.clock: Clock = clock or recorder.clock or RealClock()
         self.engines: dict[str, Engine] = {}
         self.nudge = Nudge()  # wakes waiting gates whenever memory may have moved
+        self.pid_namespace = config.pid_namespace or detect_pid_namespace(config.proc_root)
 
     # --- run and registration ---------------------------------------------------------------
 
@@ -224,7 +234,11 @@ class Orchestrator:
             result = await self._gate(
                 eng,
                 ReleaseCondition(
-                    eng.spec.devices, lambda: pids, limit, self.config.release_unmeasured
+                    eng.spec.devices,
+                    lambda: pids,
+                    limit,
+                    self.config.release_unmeasured,
+                    self.pid_namespace,
                 ),
                 self.config.release_gate,
             )
@@ -266,6 +280,7 @@ class Orchestrator:
                         eng.resident_before,
                         eng.spec.resume_fraction,
                         self.config.resume_unmeasured,
+                        self.pid_namespace,
                     ),
                     self.config.resume_gate,
                 )
@@ -440,7 +455,10 @@ class Orchestrator:
         root = eng.spec.adapter.process_root
         if root is None:
             return frozenset()
-        return ProcessTable.snapshot(self.config.proc_root).tree(root)
+        return self._table().tree(root)
+
+    def _table(self) -> ProcessTable:
+        return ProcessTable.snapshot(self.config.proc_root)
 
     async def _resident_now(self, eng: Engine) -> int | None:
         """The engine's resident bytes now (max per GPU): a diagnostic, never fatal."""
@@ -449,7 +467,8 @@ class Orchestrator:
                 rnd = await self.probe.probe(eng.spec.devices)
         except (ProbeError, TimeoutError):
             return None
-        values = [v for v in resident_by_gpu(rnd, self._pids_of(eng)).values() if v is not None]
+        by_gpu = resident_by_gpu(rnd, self._pids_of(eng), pid_namespace=self.pid_namespace)
+        values = [v for v in by_gpu.values() if v is not None]
         return max(values) if values else None
 
     async def _report(
@@ -463,10 +482,8 @@ class Orchestrator:
             for e in self.engines.values()
             if {d.key for d in e.spec.devices} & {d.key for d in eng.spec.devices}
         }
-        report = attribute(rnd, trees)
-        fields = report.to_event_fields()
-        mine = resident_by_gpu(rnd, trees.get(eng.id, frozenset()))
-        fields["engine_resident_bytes"] = tuple(mine.get(m.device.key) for m in rnd.memory)
+        report = attribute(rnd, trees, pid_namespace=self.pid_namespace, table=self._table())
+        fields = report.to_event_fields(engine_id=eng.id)
         await self.recorder.emit(
             AttributionReport,
             engine_id=eng.id,

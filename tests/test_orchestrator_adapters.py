@@ -66,6 +66,7 @@ async def _rig(gpus: FakeGpus, clock: Clock) -> AsyncIterator[Rig]:
         resume_gate=GatePolicy(deadline_s=0.6, settle_samples=1),
         call_timeout_s=3.0,
         drain_timeout_s=1.0,
+        pid_namespace=gpus.pid_namespace,  # the fake ledger holds pids as we see them
     )
     orch = Orchestrator(
         probe=FakeBackend(gpus), recorder=Recorder(bus, "t", clock), config=config, clock=clock

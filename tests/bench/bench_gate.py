@@ -104,7 +104,7 @@ async def announced_trial(clock: Clock, rng: random.Random) -> float:
     orch = Orchestrator(
         probe=FakeBackend(gpus),
         recorder=rec,
-        config=OrchestratorConfig(threshold_bytes=THRESHOLD),
+        config=OrchestratorConfig(threshold_bytes=THRESHOLD, pid_namespace="host"),
         clock=clock,
     )
     a = TimedEngine(gpus, clock, 100, gpus.devices)
@@ -161,7 +161,7 @@ async def cycle_overhead(cycles: int = 200) -> list[float]:
     orch = Orchestrator(
         probe=FakeBackend(gpus),
         recorder=rec,
-        config=OrchestratorConfig(threshold_bytes=THRESHOLD),
+        config=OrchestratorConfig(threshold_bytes=THRESHOLD, pid_namespace="host"),
         clock=clock,
     )
     eng = LedgerEngine(gpus, clock, 100, gpus.devices)
