@@ -32,7 +32,12 @@ class SlowPolicy(str, enum.Enum):
 
 @dataclass(eq=False)
 class Subscription:
-    """One subscriber's end of the bus. Iterate it with ``async for``."""
+    """One subscriber's end of the bus. Iterate it with ``async for``.
+
+    Leaving the ``async for`` early (break, error, cancellation) closes the subscription, so
+    a publisher blocked on it is released at once. Wrap it in ``with subscription:`` where
+    it is consumed some other way (``receive()``) to close it on the way out.
+    """
 
     name: str
     policy: SlowPolicy
@@ -45,12 +50,7 @@ class Subscription:
     _closed: bool = field(default=False)
 
     def __aiter__(self) -> AsyncIterator[Event]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Event]:
-        async with self._receive:
-            async for event in self._receive:
-                yield event
+        return _Iterator(self)
 
     async def receive(self) -> Event:
         """The next event; raises ``anyio.EndOfStream`` once the bus is closed and drained."""
@@ -61,6 +61,42 @@ class Subscription:
         self._closed = True
         self._send.close()
         self._receive.close()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _Iterator:
+    """``async for`` over a subscription. A class, not an async generator: an abandoned
+    generator is only closed by the event loop's finalizer hook (trio warns about it),
+    while this closes the subscription as soon as the loop lets go of it."""
+
+    __slots__ = ("_done", "_sub")
+
+    def __init__(self, sub: Subscription) -> None:
+        self._sub = sub
+        self._done = False
+
+    def __aiter__(self) -> _Iterator:
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            return await self._sub._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            self._finish()
+            raise StopAsyncIteration from None
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            self._sub.close()
+
+    def __del__(self) -> None:
+        self._finish()
 
 
 class EventBus:
@@ -91,8 +127,9 @@ class EventBus:
             raise RuntimeError("the event bus is closed")
         if capacity < 1:
             raise ValueError(f"subscriber {name!r}: capacity must be >= 1, got {capacity}")
+        policy = SlowPolicy(policy)  # checked before any stream exists (nothing to leak)
         send, receive = anyio.create_memory_object_stream[Event](capacity)
-        sub = Subscription(name, SlowPolicy(policy), capacity, send, receive, filter=filter)
+        sub = Subscription(name, policy, capacity, send, receive, filter=filter)
         self._subs.append(sub)
         return sub
 
