@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,9 @@ from typing import Protocol
 
 import anyio
 import anyio.lowlevel
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 
 class Clock(Protocol):
@@ -110,19 +114,25 @@ async def deadline(clock: Clock, seconds: float) -> AsyncIterator[None]:
             yield
         return
     expired = completed = False
-    async with anyio.create_task_group() as tg:
+    try:
+        async with anyio.create_task_group() as tg:
 
-        async def _expire() -> None:
-            nonlocal expired
-            await clock.sleep(seconds)
-            expired = True
-            tg.cancel_scope.cancel()
+            async def _expire() -> None:
+                nonlocal expired
+                await clock.sleep(seconds)
+                expired = True
+                tg.cancel_scope.cancel()
 
-        tg.start_soon(_expire)
-        try:
-            yield
-            completed = True
-        finally:
-            tg.cancel_scope.cancel()  # stop the watchdog (the body is done either way)
+            tg.start_soon(_expire)
+            try:
+                yield
+                completed = True
+            finally:
+                tg.cancel_scope.cancel()  # stop the watchdog (the body is done either way)
+    except BaseExceptionGroup as group:
+        # The body's own error, not a group: callers catch the typed errors they expect.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     if expired and not completed:
         raise TimeoutError(f"deadline of {seconds:g} s passed")

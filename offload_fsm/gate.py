@@ -1,0 +1,259 @@
+"""Probe gates: a condition over probe rounds + settle + deadline + events, written once.
+
+Three conditions use it (see :mod:`offload_fsm.conditions`):
+
+- ``wake``    (gated -> waking): whole-GPU used memory <= threshold on every GPU the engine
+  needs, and no conflicting engine awake there;
+- ``release`` (releasing -> slept): the engine's own process-tree residual <= its limit;
+- ``resume``  (waking -> active): the engine's resident memory came back.
+
+Fail closed: a round that cannot be measured never counts as passing. With ``fail_open`` the
+gate opens instead and emits a distinct, loud ``GateFailOpen`` event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import anyio
+
+from offload_fsm.bus import Recorder
+from offload_fsm.clock import Clock, deadline
+from offload_fsm.config import GatePolicy
+from offload_fsm.errors import (
+    BackendUnavailable,
+    DeviceUnhealthy,
+    GateTimeout,
+    GateUnmeasurable,
+    ProbeError,
+)
+from offload_fsm.events import GateDecision, GateFailOpen, GateTimedOut, MemorySample
+from offload_fsm.probe.base import MIB, GpuDevice, ProbeBackend, ProbeRound
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One round judged. ``passed`` None: the round could not be measured (never a pass)."""
+
+    passed: bool | None
+    observed: tuple[int | None, ...]  # aligned with the gate's devices
+    limit: int | None
+    detail: str = ""
+
+
+class Condition(Protocol):
+    gate: str  # "wake" | "release" | "resume"
+
+    def evaluate(self, round: ProbeRound) -> Verdict: ...
+
+
+@dataclass(slots=True)
+class GateResult:
+    opened: bool
+    fail_open: bool
+    attempts: int
+    elapsed_s: float
+    last_round: ProbeRound | None
+    verdict: Verdict | None
+    unmeasured: bool = False
+
+
+@dataclass(slots=True)
+class GateContext:
+    """Who the gate is for (copied into every event)."""
+
+    engine_id: str | None = None
+    pipeline_id: str | None = None
+    on_progress: Callable[[Verdict, int, float], None] | None = None  # CLI progress lines
+    report: Callable[[ProbeRound | None], Awaitable[object]] | None = None
+    _last_sampled: dict[str, int | None] = field(default_factory=dict)
+
+
+_MOVED_BYTES = 1 * MIB  # memory that moved more than this resets polling to its fastest
+
+
+async def run_gate(
+    condition: Condition,
+    *,
+    devices: Sequence[GpuDevice],
+    probe: ProbeBackend,
+    policy: GatePolicy,
+    clock: Clock,
+    recorder: Recorder | None = None,
+    ctx: GateContext | None = None,
+) -> GateResult:
+    """Poll until ``condition`` holds for ``policy.settle_samples`` rounds in a row.
+
+    Raises :class:`GateTimeout` at the deadline (after emitting ``GateTimedOut`` and, where
+    ``ctx.report`` is given, an attribution report), :class:`GateUnmeasurable` when the probe
+    is unavailable or kept failing (fail closed), :class:`DeviceUnhealthy` at once.
+    """
+    ctx = ctx or GateContext()
+    keys = tuple(d.key for d in devices)
+    start = clock.now()
+    interval = policy.poll_min_s
+    settle = attempts = 0
+    last_round: ProbeRound | None = None
+    verdict: Verdict | None = None
+    prev_observed: tuple[int | None, ...] | None = None
+    last_event_at = -float("inf")
+    last_error: ProbeError | None = None
+
+    async def emit_decision(v: Verdict, opened: bool, elapsed: float) -> None:
+        if recorder is not None:
+            await recorder.emit(
+                GateDecision,
+                engine_id=ctx.engine_id,
+                pipeline_id=ctx.pipeline_id,
+                gpus=keys,
+                gate=condition.gate,
+                passed=bool(v.passed),
+                opened=opened,
+                observed_bytes=v.observed,
+                limit_bytes=v.limit,
+                settle_count=settle,
+                settle_required=policy.settle_samples,
+                attempt=attempts,
+                elapsed_s=elapsed,
+                detail=v.detail,
+            )
+
+    while True:
+        attempts += 1
+        try:
+            async with deadline(clock, policy.probe_timeout_s):
+                last_round = await probe.probe(devices)
+        except DeviceUnhealthy:
+            raise
+        except (ProbeError, TimeoutError) as exc:
+            err = exc if isinstance(exc, ProbeError) else ProbeError(f"probe round hung: {exc}")
+            last_error = err
+            verdict = Verdict(None, tuple(None for _ in keys), None, f"unmeasured: {err}")
+            if policy.fail_open:
+                return await _fail_open(
+                    condition, keys, err, clock.now() - start, recorder, ctx, attempts
+                )
+            if isinstance(exc, BackendUnavailable):
+                raise GateUnmeasurable(
+                    f"{condition.gate} gate on {', '.join(keys)}: {exc} (failing closed)"
+                ) from exc
+        else:
+            verdict = condition.evaluate(last_round)
+            await _sample_memory(last_round, recorder, ctx)
+            if verdict.passed is None and policy.fail_open:
+                err = ProbeError(verdict.detail or "memory could not be measured")
+                return await _fail_open(
+                    condition, keys, err, clock.now() - start, recorder, ctx, attempts
+                )
+        settle = settle + 1 if verdict.passed else 0
+        opened = settle >= policy.settle_samples
+        now = clock.now()
+        elapsed = now - start
+        changed = prev_observed is None or _moved(prev_observed, verdict.observed)
+        # Decisions are events when something changed, while settling, on opening, and as a
+        # heartbeat: not on every millisecond poll of memory that does not move.
+        if changed or verdict.passed or now - last_event_at >= policy.heartbeat_s:
+            await emit_decision(verdict, opened, elapsed)
+            last_event_at = now
+        if ctx.on_progress is not None:
+            ctx.on_progress(verdict, settle, elapsed)
+        if opened:
+            return GateResult(True, False, attempts, elapsed, last_round, verdict)
+        if elapsed >= policy.deadline_s:
+            break
+        if changed or verdict.passed:
+            interval = policy.poll_min_s
+        else:
+            interval = min(interval * policy.backoff, policy.poll_max_s)
+        prev_observed = verdict.observed
+        await clock.sleep(min(interval, max(0.0, policy.deadline_s - elapsed)))
+
+    assert verdict is not None
+    unmeasured = verdict.passed is None
+    if recorder is not None:
+        with anyio.CancelScope(shield=True):
+            await recorder.emit(
+                GateTimedOut,
+                engine_id=ctx.engine_id,
+                pipeline_id=ctx.pipeline_id,
+                gpus=keys,
+                gate=condition.gate,
+                last_bytes=verdict.observed,
+                limit_bytes=verdict.limit,
+                elapsed_s=clock.now() - start,
+                unmeasured=unmeasured,
+            )
+    report = None
+    if ctx.report is not None:
+        with anyio.CancelScope(shield=True):
+            report = await ctx.report(last_round if not unmeasured else None)
+    if unmeasured:
+        raise GateUnmeasurable(
+            f"{condition.gate} gate on {', '.join(keys)}: memory could not be measured for "
+            f"{policy.deadline_s:g} s ({last_error or verdict.detail}); failing closed"
+        )
+    raise GateTimeout(
+        f"{condition.gate} gate on {', '.join(keys)} did not open within "
+        f"{policy.deadline_s:g} s: {verdict.detail}",
+        gate=condition.gate,
+        engine_id=ctx.engine_id,
+        readings=dict(zip(keys, verdict.observed)),
+        threshold_bytes=verdict.limit,
+        report=report,
+    )
+
+
+def _moved(before: tuple[int | None, ...], after: tuple[int | None, ...]) -> bool:
+    for a, b in zip(before, after):
+        if (a is None) != (b is None):
+            return True
+        if a is not None and b is not None and abs(a - b) > _MOVED_BYTES:
+            return True
+    return False
+
+
+async def _sample_memory(round: ProbeRound, recorder: Recorder | None, ctx: GateContext) -> None:
+    """Memory samples as events, only when a GPU's used memory moved (keeps logs small)."""
+    if recorder is None:
+        return
+    for mem in round.memory:
+        key = mem.device.key
+        prev = ctx._last_sampled.get(key, -1)
+        if key in ctx._last_sampled and not _moved((prev,), (mem.used_bytes,)):
+            continue
+        ctx._last_sampled[key] = mem.used_bytes
+        await recorder.emit(
+            MemorySample,
+            gpus=(key,),
+            engine_id=ctx.engine_id,
+            pipeline_id=ctx.pipeline_id,
+            backend=round.backend,
+            used_bytes=mem.used_bytes,
+            free_bytes=mem.free_bytes,
+            total_bytes=mem.total_bytes,
+            reserved_bytes=mem.reserved_bytes,
+        )
+
+
+async def _fail_open(
+    condition: Condition,
+    keys: tuple[str, ...],
+    error: ProbeError,
+    elapsed: float,
+    recorder: Recorder | None,
+    ctx: GateContext,
+    attempts: int,
+) -> GateResult:
+    if recorder is not None:
+        await recorder.emit(
+            GateFailOpen,
+            engine_id=ctx.engine_id,
+            pipeline_id=ctx.pipeline_id,
+            gpus=keys,
+            gate=condition.gate,
+            error=f"{type(error).__name__}: {error}",
+            elapsed_s=elapsed,
+        )
+    return GateResult(True, True, attempts, elapsed, None, None, unmeasured=True)

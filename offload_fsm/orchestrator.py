@@ -1,0 +1,490 @@
+"""Async engine lifecycle orchestration: release and wake, every transition probe-gated.
+
+I/O happens *between* transitions, never inside them: await the adapter or the probe, then
+fire the pure core synchronously, then publish the event. Each operation starts with a
+synchronous trigger that is legal only from a resting state (``active`` or ``slept``), so the
+core itself admits one operation per engine at a time and refuses a second wake of a waking
+or active engine before any engine call (the "double resume" crash).
+
+Cancellation at any await leaves a documented state (docs/architecture.md):
+cancelled while gated -> ``slept`` (cancel_wake); while releasing or waking -> ``failed``
+(the engine's memory state is unknown, and resume is not idempotent).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import anyio
+
+from offload_fsm.adapters.base import EngineAdapter
+from offload_fsm.bus import Recorder
+from offload_fsm.clock import Clock, RealClock, deadline
+from offload_fsm.concurrency import all_or_first_error
+from offload_fsm.conditions import ReleaseCondition, ResumeCondition, WakeCondition
+from offload_fsm.config import (
+    CUDA_CONTEXT_FLOOR_GIB,
+    DEFAULT_RELEASE_MARGIN_GIB,
+    GatePolicy,
+    gib_to_bytes,
+)
+from offload_fsm.errors import (
+    ConfigError,
+    EngineCallTimeout,
+    EngineError,
+    GateError,
+    IllegalTransition,
+    OffloadFsmError,
+    ProbeError,
+)
+from offload_fsm.events import (
+    AdapterCallFailed,
+    AdapterCallFinished,
+    AdapterCallStarted,
+    AttributionReport,
+    EngineRegistered,
+    RunFinished,
+    RunStarted,
+    Transition,
+)
+from offload_fsm.gate import GateContext, GateResult, run_gate
+from offload_fsm.lifecycle import AWAKE_STATES, Evidence, Lifecycle, State, Trigger
+from offload_fsm.probe.attribution import Attribution, ProcessTable, attribute, resident_by_gpu
+from offload_fsm.probe.base import GpuDevice, ProbeBackend, ProbeRound
+
+PidsFn = Callable[[], frozenset[int]]
+
+# States in which an engine holds, or may be about to hold, memory on its GPUs: a wake of a
+# conflicting engine on a shared GPU waits while any of these is current.
+_OCCUPYING = AWAKE_STATES | {State.RELEASING}
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSpec:
+    """One engine (or trainer) the orchestrator owns."""
+
+    engine_id: str
+    adapter: EngineAdapter
+    devices: tuple[GpuDevice, ...]
+    pipeline_id: str | None = None
+    role: str = "engine"  # "engine" | "trainer"
+    # Engines with the same non-empty group may be awake together on a shared GPU; any other
+    # two engines whose GPUs overlap are never both waking/active/releasing.
+    share_group: str | None = None
+    initial: State = State.ACTIVE
+    release_limit_bytes: int | None = None  # None: the orchestrator's default
+    resume_fraction: float = 0.8
+    need_free_bytes: int | None = None  # optional second wake rule
+    pids: PidsFn | None = None  # the engine's process tree; default: walk /proc from the root
+
+    def __post_init__(self) -> None:
+        if not self.engine_id:
+            raise ConfigError("engine_id", self.engine_id, "a non-empty string")
+        if not self.devices:
+            raise ConfigError(f"{self.engine_id}.devices", self.devices, "at least one GPU")
+        keys = [d.key for d in self.devices]
+        if len(set(keys)) != len(keys):
+            raise ConfigError(f"{self.engine_id}.devices", keys, "distinct GPUs")
+        if not 0 < self.resume_fraction <= 1:
+            raise ConfigError(
+                f"{self.engine_id}.resume_fraction", self.resume_fraction, "a fraction in (0, 1]"
+            )
+        if self.initial not in (State.ACTIVE, State.SLEPT):
+            raise ConfigError(f"{self.engine_id}.initial", self.initial.value, "active or slept")
+
+
+@dataclass(frozen=True, slots=True)
+class OrchestratorConfig:
+    threshold_bytes: int
+    wake_gate: GatePolicy = field(default_factory=GatePolicy)
+    release_gate: GatePolicy = field(default_factory=lambda: GatePolicy(deadline_s=30.0))
+    resume_gate: GatePolicy = field(
+        default_factory=lambda: GatePolicy(deadline_s=30.0, settle_samples=1)
+    )
+    call_timeout_s: float = 120.0  # every adapter call
+    drain_timeout_s: float = 30.0
+    default_release_limit_bytes: int = gib_to_bytes(
+        CUDA_CONTEXT_FLOOR_GIB + DEFAULT_RELEASE_MARGIN_GIB
+    )
+    release_unmeasured: str = "pass"  # "pass" | "fail" when no engine PID is visible
+    resume_unmeasured: str = "pass"
+    proc_root: str = "/proc"
+
+    def __post_init__(self) -> None:
+        if self.threshold_bytes <= 0:
+            raise ConfigError("threshold_bytes", self.threshold_bytes, "a positive byte count")
+        for name in ("release_unmeasured", "resume_unmeasured"):
+            if getattr(self, name) not in ("pass", "fail"):
+                raise ConfigError(name, getattr(self, name), "'pass' or 'fail'")
+
+
+@dataclass(slots=True)
+class Engine:
+    spec: EngineSpec
+    lifecycle: Lifecycle
+    resident_before: int | None = None  # max per-GPU resident bytes before the last release
+    operations: int = 0
+    history: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.spec.engine_id
+
+    @property
+    def state(self) -> State:
+        return self.lifecycle.state
+
+
+class Orchestrator:
+    """Owns engines; releases and wakes them with every transition gated on measurements."""
+
+    def __init__(
+        self,
+        *,
+        probe: ProbeBackend,
+        recorder: Recorder,
+        config: OrchestratorConfig,
+        clock: Clock | None = None,
+    ) -> None:
+        self.probe = probe
+        self.recorder = recorder
+        self.config = config
+        self.clock: Clock = clock or recorder.clock or RealClock()
+        self.engines: dict[str, Engine] = {}
+
+    # --- run and registration ---------------------------------------------------------------
+
+    async def start_run(self, *, command: str = "", backend: str | None = None) -> None:
+        await self.recorder.emit(
+            RunStarted,
+            tool_version=_version(),
+            threshold_bytes=self.config.threshold_bytes,
+            settle_samples=self.config.wake_gate.settle_samples,
+            fail_open=self.config.wake_gate.fail_open,
+            backend=backend or self.probe.name,
+            command=command,
+        )
+
+    async def finish_run(self, status: str, reason: str | None = None) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.recorder.emit(RunFinished, status=status, reason=reason)
+
+    async def register(self, spec: EngineSpec) -> Engine:
+        if spec.engine_id in self.engines:
+            raise ConfigError("engine_id", spec.engine_id, "an id not registered yet")
+        engine = Engine(spec, Lifecycle(spec.engine_id, initial=spec.initial))
+        self.engines[spec.engine_id] = engine
+        await self.recorder.emit(
+            EngineRegistered,
+            engine_id=spec.engine_id,
+            pipeline_id=spec.pipeline_id,
+            gpus=tuple(d.key for d in spec.devices),
+            role=spec.role,
+            adapter=spec.adapter.name,
+            initial_state=spec.initial.value,
+            process_root=spec.adapter.process_root,
+            share_group=spec.share_group,
+        )
+        return engine
+
+    def engine(self, engine_id: str) -> Engine:
+        try:
+            return self.engines[engine_id]
+        except KeyError:
+            raise ConfigError("engine_id", engine_id, f"one of {sorted(self.engines)}") from None
+
+    def state(self, engine_id: str) -> State:
+        return self.engine(engine_id).state
+
+    # --- release ----------------------------------------------------------------------------
+
+    async def release(self, engine_id: str, tags: Sequence[str] | None = None) -> None:
+        """active -> releasing -> slept; the release gate checks the engine's own residual."""
+        eng = self.engine(engine_id)
+        await self._fire(eng, Trigger.RELEASE)  # illegal -> raises before any engine call
+        try:
+            await self._call(
+                eng,
+                "prepare_release",
+                eng.spec.adapter.prepare_release,
+                self.config.drain_timeout_s,
+            )
+            eng.resident_before = await self._resident_now(eng)
+            await self._call(
+                eng, "release", eng.spec.adapter.release, _tags(tags), detail=_tag_text(tags)
+            )
+            limit = eng.spec.release_limit_bytes or self.config.default_release_limit_bytes
+            pids = self._pids_of(eng)
+            result = await self._gate(
+                eng,
+                ReleaseCondition(
+                    eng.spec.devices, lambda: pids, limit, self.config.release_unmeasured
+                ),
+                self.config.release_gate,
+            )
+            await self._report(eng, result.last_round, "after_release")
+            await self._fire(eng, Trigger.RELEASED)
+        except BaseException as exc:
+            await self._fail_after(eng, exc, "release")
+            raise
+
+    # --- wake -------------------------------------------------------------------------------
+
+    async def wake(self, engine_id: str, tags: Sequence[str] | None = None) -> None:
+        """slept -> gated -> [whole-GPU residual gate] -> waking -> [resume check] -> active."""
+        eng = self.engine(engine_id)
+        await self._fire(eng, Trigger.REQUEST_WAKE)  # a second wake is refused right here
+        try:
+            result = await self._wake_gate(eng)
+        except BaseException as exc:
+            await self._leave_gated(eng, exc)
+            raise
+        try:
+            await self._emit_transition(
+                eng,
+                eng.lifecycle.fire(
+                    Trigger.GATE_OPEN,
+                    reason="FAIL-OPEN: gate opened unmeasured" if result.fail_open else None,
+                ),
+            )
+            await self._call(
+                eng, "resume", eng.spec.adapter.resume, _tags(tags), detail=_tag_text(tags)
+            )
+            if eng.resident_before:
+                pids = self._pids_of(eng)
+                await self._gate(
+                    eng,
+                    ResumeCondition(
+                        eng.spec.devices,
+                        lambda: pids,
+                        eng.resident_before,
+                        eng.spec.resume_fraction,
+                        self.config.resume_unmeasured,
+                    ),
+                    self.config.resume_gate,
+                )
+            await self._call(eng, "finish_wake", eng.spec.adapter.finish_wake)
+            await self._fire(eng, Trigger.WOKEN)
+        except BaseException as exc:
+            await self._fail_after(eng, exc, "wake")
+            raise
+
+    async def _wake_gate(self, eng: Engine) -> GateResult:
+        policy = self.config.wake_gate
+        started = self.clock.now()
+        while True:
+            result = await self._gate(
+                eng,
+                WakeCondition(
+                    eng.spec.devices,
+                    self.config.threshold_bytes,
+                    eng.spec.need_free_bytes,
+                    blockers=lambda: self.blockers(eng.id),
+                ),
+                policy,
+            )
+            # The check and the gate_open trigger run with no await between them, so two
+            # engines gated on one GPU cannot both open on the same low reading.
+            if result.fail_open or not self.blockers(eng.id):
+                return result
+            left = self.config.wake_gate.deadline_s - (self.clock.now() - started)
+            policy = dataclasses.replace(policy, deadline_s=max(left, policy.poll_min_s))
+
+    def blockers(self, engine_id: str) -> list[str]:
+        """Engines that must not be awake on ``engine_id``'s GPUs while it wakes."""
+        me = self.engine(engine_id)
+        mine = {d.key for d in me.spec.devices}
+        out = []
+        for other in self.engines.values():
+            if other is me or other.state not in _OCCUPYING:
+                continue
+            if me.spec.share_group and other.spec.share_group == me.spec.share_group:
+                continue
+            shared = mine.intersection(d.key for d in other.spec.devices)
+            if shared:
+                out.append(f"{other.id} ({other.state.value})")
+        return out
+
+    # --- group operations -------------------------------------------------------------------
+
+    async def release_many(
+        self, engine_ids: Iterable[str], tags: Sequence[str] | None = None
+    ) -> None:
+        """Release concurrently; the first failure cancels the rest and is re-raised."""
+        await all_or_first_error([partial(self.release, i, tags) for i in engine_ids])
+
+    async def wake_many(self, engine_ids: Iterable[str], tags: Sequence[str] | None = None) -> None:
+        await all_or_first_error([partial(self.wake, i, tags) for i in engine_ids])
+
+    async def recover(self, engine_id: str, evidence: Evidence) -> None:
+        """failed -> slept | active, only with explicit evidence (kept in the event log)."""
+        eng = self.engine(engine_id)
+        step = eng.lifecycle.fire(Trigger.RECOVER, evidence=evidence)
+        await self._emit_transition(eng, step, evidence=evidence.observed)
+
+    # --- internals --------------------------------------------------------------------------
+
+    async def _fire(self, eng: Engine, trigger: Trigger, reason: str | None = None) -> None:
+        await self._emit_transition(eng, eng.lifecycle.fire(trigger, reason=reason))
+
+    async def _emit_transition(self, eng: Engine, step: Any, evidence: str | None = None) -> None:
+        eng.history.append(step.dst.value)
+        with anyio.CancelScope(shield=True):  # the log must record every transition made
+            await self.recorder.emit(
+                Transition,
+                engine_id=eng.id,
+                pipeline_id=eng.spec.pipeline_id,
+                gpus=tuple(d.key for d in eng.spec.devices),
+                src=step.src.value,
+                dst=step.dst.value,
+                trigger=step.trigger.value,
+                reason=step.reason,
+                evidence=evidence,
+            )
+
+    async def _leave_gated(self, eng: Engine, exc: BaseException) -> None:
+        if eng.state is not State.GATED:
+            return
+        if isinstance(exc, GateError):
+            trigger, reason = Trigger.GATE_TIMEOUT, str(exc)
+        elif isinstance(exc, Exception):
+            trigger, reason = Trigger.CANCEL_WAKE, f"wake gate aborted: {type(exc).__name__}: {exc}"
+        else:
+            trigger, reason = Trigger.CANCEL_WAKE, "wake cancelled while gated"
+        await self._emit_transition(eng, eng.lifecycle.fire(trigger, reason=reason))
+
+    async def _fail_after(self, eng: Engine, exc: BaseException, during: str) -> None:
+        if eng.state is State.FAILED or eng.state not in (State.RELEASING, State.WAKING):
+            return
+        if isinstance(exc, Exception):
+            reason = f"{during} failed: {type(exc).__name__}: {exc}"
+        else:
+            reason = f"cancelled during {during}: the engine's memory state is unknown"
+        await self._emit_transition(eng, eng.lifecycle.fire(Trigger.FAIL, reason=reason))
+
+    async def _call(
+        self,
+        eng: Engine,
+        name: str,
+        fn: Callable[..., Awaitable[None]],
+        *args: Any,
+        detail: str = "",
+    ) -> None:
+        ids = {
+            "engine_id": eng.id,
+            "pipeline_id": eng.spec.pipeline_id,
+            "gpus": tuple(d.key for d in eng.spec.devices),
+        }
+        await self.recorder.emit(AdapterCallStarted, call=name, detail=detail, **ids)
+        t0 = self.clock.now()
+        error: EngineError | None = None
+        try:
+            async with deadline(self.clock, self.config.call_timeout_s):
+                await fn(*args)
+        except TimeoutError as exc:
+            error = EngineCallTimeout(
+                eng.id, name, f"no answer within {self.config.call_timeout_s:g} s"
+            )
+            error.__cause__ = exc
+        except EngineError as exc:
+            error = exc
+        except OffloadFsmError:
+            raise
+        except Exception as exc:  # an adapter bug or an unmapped error: still the engine's
+            error = EngineError(eng.id, name, f"{type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+        elapsed = self.clock.now() - t0
+        if error is not None:
+            with anyio.CancelScope(shield=True):
+                await self.recorder.emit(
+                    AdapterCallFailed,
+                    call=name,
+                    elapsed_s=elapsed,
+                    error_type=type(error).__name__,
+                    error=str(error),
+                    **ids,
+                )
+            raise error
+        await self.recorder.emit(
+            AdapterCallFinished, call=name, elapsed_s=elapsed, detail=detail, **ids
+        )
+
+    async def _gate(self, eng: Engine, condition: Any, policy: GatePolicy) -> GateResult:
+        ctx = GateContext(
+            engine_id=eng.id,
+            pipeline_id=eng.spec.pipeline_id,
+            report=lambda rnd: self._report(eng, rnd, f"{condition.gate}_timeout"),
+        )
+        return await run_gate(
+            condition,
+            devices=eng.spec.devices,
+            probe=self.probe,
+            policy=policy,
+            clock=self.clock,
+            recorder=self.recorder,
+            ctx=ctx,
+        )
+
+    def _pids_of(self, eng: Engine) -> frozenset[int]:
+        if eng.spec.pids is not None:
+            return eng.spec.pids()
+        root = eng.spec.adapter.process_root
+        if root is None:
+            return frozenset()
+        return ProcessTable.snapshot(self.config.proc_root).tree(root)
+
+    async def _resident_now(self, eng: Engine) -> int | None:
+        """The engine's resident bytes now (max per GPU): a diagnostic, never fatal."""
+        try:
+            async with deadline(self.clock, self.config.release_gate.probe_timeout_s):
+                rnd = await self.probe.probe(eng.spec.devices)
+        except (ProbeError, TimeoutError):
+            return None
+        values = [v for v in resident_by_gpu(rnd, self._pids_of(eng)).values() if v is not None]
+        return max(values) if values else None
+
+    async def _report(
+        self, eng: Engine, rnd: ProbeRound | None, context: str
+    ) -> Attribution | None:
+        """An attribution report for ``eng``'s GPUs as an event (and returned)."""
+        if rnd is None:
+            return None
+        trees = {
+            e.id: self._pids_of(e)
+            for e in self.engines.values()
+            if {d.key for d in e.spec.devices} & {d.key for d in eng.spec.devices}
+        }
+        report = attribute(rnd, trees)
+        fields = report.to_event_fields()
+        mine = resident_by_gpu(rnd, trees.get(eng.id, frozenset()))
+        fields["engine_resident_bytes"] = tuple(mine.get(m.device.key) for m in rnd.memory)
+        await self.recorder.emit(
+            AttributionReport,
+            engine_id=eng.id,
+            pipeline_id=eng.spec.pipeline_id,
+            gpus=tuple(m.device.key for m in rnd.memory),
+            context=context,
+            **fields,
+        )
+        return report
+
+
+def _tags(tags: Sequence[str] | None) -> list[str] | None:
+    return None if tags is None else list(tags)
+
+
+def _tag_text(tags: Sequence[str] | None) -> str:
+    return "tags=all" if tags is None else f"tags={','.join(tags)}"
+
+
+def _version() -> str:
+    from offload_fsm import __version__
+
+    return __version__
+
+
+__all__ = ["Engine", "EngineSpec", "IllegalTransition", "Orchestrator", "OrchestratorConfig"]
