@@ -4,6 +4,7 @@
     ├── ConfigError                 bad env value, CLI flag, config file, topology
     ├── IllegalTransition           a trigger the lifecycle table does not allow
     ├── EventDecodeError            a malformed or unsupported event (log) line
+    ├── EventLogError               writing or reading an event log file failed (I/O)
     ├── ProbeError                  measuring GPU memory failed
     │   ├── BackendUnavailable      NVML / nvidia-smi cannot be used at all (no retry)
     │   ├── TransientProbeError     timeout / unknown / insufficient size (retried)
@@ -59,6 +60,10 @@ class EventDecodeError(OffloadFsmError, ValueError):
         self.field = field
         where = f"line {line}: " if line is not None else ""
         super().__init__(f"{where}{message}")
+
+
+class EventLogError(OffloadFsmError):
+    """Writing (or reading) an event log file failed at the OS level (disk full, I/O error)."""
 
 
 class ProbeError(OffloadFsmError):

@@ -1,0 +1,151 @@
+"""Injected clocks: VirtualClock ordering and deadlines, on asyncio and trio."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import anyio
+import pytest
+
+from offload_fsm.clock import RealClock, VirtualClock, deadline
+
+
+async def test_sleepers_wake_in_deadline_order_at_their_deadline() -> None:
+    clock = VirtualClock()
+    woke: list[tuple[str, float]] = []
+
+    async def sleeper(name: str, seconds: float) -> None:
+        await clock.sleep(seconds)
+        woke.append((name, clock.now()))
+
+    started = time.monotonic()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for name, seconds in (("c", 30.0), ("a", 10.0), ("d", 3600.0), ("b", 20.0)):
+                tg.start_soon(sleeper, name, seconds)
+    assert woke == [("a", 10.0), ("b", 20.0), ("c", 30.0), ("d", 3600.0)]
+    assert time.monotonic() - started < 2  # an hour of virtual time, at once
+
+
+async def test_equal_deadlines_wake_in_the_order_they_slept() -> None:
+    clock = VirtualClock()
+    woke: list[int] = []
+
+    async def sleeper(i: int) -> None:
+        await clock.sleep(5.0)
+        woke.append(i)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(sleeper, i)
+                await anyio.lowlevel.checkpoint()  # fix the order in which they register
+    assert woke == [0, 1, 2, 3, 4]
+    assert clock.now() == 5.0
+
+
+async def test_sequential_sleeps_add_up_exactly() -> None:
+    clock = VirtualClock(start=100.0, wall_start=1_000.0)
+    for _ in range(10):
+        await clock.sleep(0.1)
+    assert math.isclose(clock.now(), 101.0)
+    assert math.isclose(clock.wall(), 1_001.0)
+    await clock.sleep(-3)  # a negative sleep is a zero sleep, never time travel
+    assert math.isclose(clock.now(), 101.0)
+
+
+async def test_runnable_tasks_get_to_sleep_before_time_jumps() -> None:
+    # A task that is runnable (not sleeping) for fewer than ``idle_passes`` scheduler passes
+    # registers its own, earlier deadline before time jumps to a later one. (A task that
+    # stays runnable longer than that does not hold virtual time back: it is a heuristic.)
+    clock = VirtualClock(idle_passes=4)
+    seen: list[float] = []
+
+    async def busy() -> None:
+        for _ in range(2):
+            await anyio.lowlevel.checkpoint()
+            seen.append(clock.now())
+        await clock.sleep(10)
+        seen.append(clock.now())
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(busy)
+            await clock.sleep(60)
+            seen.append(clock.now())
+    assert seen == [0.0, 0.0, 10.0, 60.0]
+
+
+async def test_deadline_expires_in_virtual_time() -> None:
+    clock = VirtualClock()
+    with anyio.fail_after(5):
+        with pytest.raises(TimeoutError, match="deadline of 5 s"):
+            async with deadline(clock, 5):
+                await clock.sleep(10)
+    assert clock.now() == 5.0
+
+
+async def test_deadline_not_reached_lets_the_body_finish() -> None:
+    clock = VirtualClock()
+    with anyio.fail_after(5):
+        async with deadline(clock, 5):
+            await clock.sleep(2)
+        await clock.sleep(10)  # the watchdog is gone: no late TimeoutError
+    assert clock.now() == 12.0
+
+
+async def test_nested_deadlines_the_shorter_fires() -> None:
+    clock = VirtualClock()
+    inner_timed_out = False
+    with anyio.fail_after(5):
+        async with deadline(clock, 30):
+            try:
+                async with deadline(clock, 3):
+                    await clock.sleep(100)
+            except TimeoutError:
+                inner_timed_out = True
+            assert clock.now() == 3.0
+            await clock.sleep(1)
+    assert inner_timed_out
+    assert clock.now() == 4.0
+
+
+async def test_cancelled_sleeper_gives_up_its_deadline() -> None:
+    clock = VirtualClock()
+    woke_at: list[float] = []
+
+    async def long_sleeper() -> None:
+        await clock.sleep(50)
+        woke_at.append(clock.now())
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as inner:
+                    inner.start_soon(clock.sleep, 30.0)  # will be cancelled at t=10
+                    tg.start_soon(long_sleeper)
+                    await clock.sleep(10)
+                    scope.cancel()
+    # Had the cancelled deadline (30) stayed queued first, nobody could advance past it.
+    assert woke_at == [50.0]
+
+
+def test_advance_moves_time_and_refuses_nonsense() -> None:
+    clock = VirtualClock()
+    clock.advance(1.5)
+    assert clock.now() == 1.5
+    for bad in (-1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="cannot advance"):
+            clock.advance(bad)
+    assert clock.now() == 1.5
+
+
+async def test_real_clock_deadline_uses_real_time() -> None:
+    clock = RealClock()
+    before = clock.now()
+    with pytest.raises(TimeoutError):
+        async with deadline(clock, 0.05):
+            await clock.sleep(5)
+    assert 0.04 <= clock.now() - before < 2
+    assert abs(clock.wall() - time.time()) < 1
