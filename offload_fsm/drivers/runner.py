@@ -8,11 +8,11 @@ dual run takes a few seconds of wall time.
 from __future__ import annotations
 
 import sys
-from functools import partial
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
