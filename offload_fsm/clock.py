@@ -8,12 +8,13 @@ wait must follow the injected clock.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import math
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Protocol
 
@@ -45,26 +46,36 @@ class RealClock:
         await anyio.sleep(max(0.0, seconds))
 
 
-class VirtualClock:
-    """Virtual time that jumps to the earliest pending deadline once every task is idle.
+class _Sleeper:
+    __slots__ = ("deadline", "event", "seq")
 
-    Works on asyncio and trio alike (no loop integration): a sleeper registers its deadline,
-    then yields; the earliest sleeper advances time only after ``idle_passes`` scheduler
-    passes in which no new sleeper registered, so tasks that are merely runnable get to
-    register first. Only for code that does no real I/O while virtual time runs.
+    def __init__(self, deadline: float, seq: int) -> None:
+        self.deadline = deadline
+        self.seq = seq
+        self.event = anyio.Event()
+
+    def __lt__(self, other: _Sleeper) -> bool:
+        return (self.deadline, self.seq) < (other.deadline, other.seq)
+
+
+class VirtualClock:
+    """Virtual time that jumps to the earliest pending deadline once every task is blocked.
+
+    Only the earliest sleeper is awake: it waits until no other task can run (trio's
+    ``wait_all_tasks_blocked``; on asyncio, an empty ready queue twice in a row), then moves
+    time to its deadline, returns, and hands the watch to the next earliest sleeper. The
+    others wait on events, so a thousand sleepers cost nothing per jump. Only for code that
+    does no real I/O while virtual time runs.
     """
 
     virtual = True
 
-    def __init__(
-        self, start: float = 0.0, *, wall_start: float = 1_700_000_000.0, idle_passes: int = 4
-    ) -> None:
+    def __init__(self, start: float = 0.0, *, wall_start: float = 1_700_000_000.0) -> None:
         self._now = start
         self._wall_offset = wall_start - start
-        self._heap: list[tuple[float, int]] = []
+        self._heap: list[_Sleeper] = []
         self._counter = itertools.count()
-        self._generation = 0
-        self._idle_passes = idle_passes
+        self.jumps = 0
 
     def now(self) -> float:
         return self._now
@@ -79,31 +90,64 @@ class VirtualClock:
         self._now += seconds
 
     async def sleep(self, seconds: float) -> None:
-        entry = (self._now + max(0.0, seconds), next(self._counter))
-        heapq.heappush(self._heap, entry)
-        self._generation += 1
+        if not seconds > 0:
+            await anyio.lowlevel.checkpoint()
+            return
+        me = _Sleeper(self._now + seconds, next(self._counter))
+        heapq.heappush(self._heap, me)
         try:
-            quiet = 0
-            seen = self._generation
             while True:
-                await anyio.lowlevel.checkpoint()
-                if self._heap and self._heap[0] is entry and self._now >= entry[0]:
-                    break  # an earlier jump already reached our deadline
-                if self._generation != seen:
-                    seen, quiet = self._generation, 0
-                    continue
-                quiet += 1
-                if quiet >= self._idle_passes and self._heap and self._heap[0] is entry:
-                    self._now = max(self._now, entry[0])
-                    break
-            heapq.heappop(self._heap)
-            self._generation += 1
-        except BaseException:  # cancelled while waiting: drop our deadline
-            if entry in self._heap:
-                self._heap.remove(entry)
+                if self._heap[0] is me:
+                    await _all_tasks_blocked(lambda: self._heap[0] is me)
+                    # A wait can complete in the same pass that cancelled us: honour that
+                    # before moving time, or a cancelled sleeper would jump the clock.
+                    await anyio.lowlevel.checkpoint_if_cancelled()
+                    if self._heap[0] is me:  # nobody earlier registered meanwhile
+                        heapq.heappop(self._heap)
+                        if me.deadline > self._now:
+                            self._now = me.deadline
+                            self.jumps += 1
+                        self._wake_head()
+                        return
+                else:
+                    event = me.event
+                    await event.wait()
+                    me.event = anyio.Event()
+        except BaseException:  # cancelled: drop our deadline, pass the watch on
+            if me in self._heap:
+                self._heap.remove(me)
                 heapq.heapify(self._heap)
-                self._generation += 1
+                self._wake_head()
             raise
+
+    def _wake_head(self) -> None:
+        if self._heap:
+            self._heap[0].event.set()
+
+
+async def _all_tasks_blocked(still_head: Callable[[], bool]) -> None:
+    """Return once no other task of this event loop can run, or early once ``still_head``
+    turns false (an earlier sleeper took over: two spinners would keep each other busy)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio: trio (anyio's only other backend)
+        loop = None
+        trio = sys.modules.get("trio")
+        if trio is not None:
+            import trio.testing
+
+            await trio.testing.wait_all_tasks_blocked()
+            return
+    if loop is not None:
+        ready = getattr(loop, "_ready", None)  # CPython's run queue (stable since 3.4)
+        if ready is not None:
+            idle = 0
+            while idle < 2 and still_head():  # twice: callbacks may schedule callbacks
+                await asyncio.sleep(0)
+                idle = idle + 1 if not ready else 0
+            return
+    for _ in range(8):  # unknown loop: give runnable tasks a few passes
+        await anyio.lowlevel.checkpoint()
 
 
 @asynccontextmanager
