@@ -164,6 +164,7 @@ class Orchestrator:
         self.config = config
         self.clock: Clock = clock or recorder.clock or RealClock()
         self.engines: dict[str, Engine] = {}
+        self._by_gpu: dict[str, list[Engine]] = {}  # device key -> engines using it
         self.nudge = Nudge()  # wakes waiting gates whenever memory may have moved
         self.pid_namespace = config.pid_namespace or detect_pid_namespace(config.proc_root)
 
@@ -189,6 +190,8 @@ class Orchestrator:
             raise ConfigError("engine_id", spec.engine_id, "an id not registered yet")
         engine = Engine(spec, Lifecycle(spec.engine_id, initial=spec.initial))
         self.engines[spec.engine_id] = engine
+        for dev in spec.devices:
+            self._by_gpu.setdefault(dev.key, []).append(engine)
         await self.recorder.emit(
             EngineRegistered,
             engine_id=spec.engine_id,
@@ -314,17 +317,23 @@ class Orchestrator:
     def blockers(self, engine_id: str) -> list[str]:
         """Engines that must not be awake on ``engine_id``'s GPUs while it wakes."""
         me = self.engine(engine_id)
-        mine = {d.key for d in me.spec.devices}
         out = []
-        for other in self.engines.values():
-            if other is me or other.state not in _OCCUPYING:
+        for other in self._neighbours(me):
+            if other.state not in _OCCUPYING:
                 continue
             if me.spec.share_group and other.spec.share_group == me.spec.share_group:
                 continue
-            shared = mine.intersection(d.key for d in other.spec.devices)
-            if shared:
-                out.append(f"{other.id} ({other.state.value})")
+            out.append(f"{other.id} ({other.state.value})")
         return out
+
+    def _neighbours(self, me: Engine) -> list[Engine]:
+        """Other engines sharing a GPU with ``me``, each once, in registration order."""
+        seen: dict[str, Engine] = {}
+        for dev in me.spec.devices:
+            for other in self._by_gpu.get(dev.key, ()):
+                if other is not me:
+                    seen.setdefault(other.id, other)
+        return list(seen.values())
 
     # --- group operations -------------------------------------------------------------------
 
@@ -477,11 +486,7 @@ class Orchestrator:
         """An attribution report for ``eng``'s GPUs as an event (and returned)."""
         if rnd is None:
             return None
-        trees = {
-            e.id: self._pids_of(e)
-            for e in self.engines.values()
-            if {d.key for d in e.spec.devices} & {d.key for d in eng.spec.devices}
-        }
+        trees = {e.id: self._pids_of(e) for e in (eng, *self._neighbours(eng))}
         report = attribute(rnd, trees, pid_namespace=self.pid_namespace, table=self._table())
         fields = report.to_event_fields(engine_id=eng.id)
         await self.recorder.emit(

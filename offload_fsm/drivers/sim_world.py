@@ -35,6 +35,7 @@ class SimOptions:
     late_release_share: float = 0.3  # share of release calls that return before memory drops
     cotenant: bool = True  # a foreign process visits a shared GPU for a few seconds
     fail: str | None = None  # "ENGINE_ID:CALL[:N]": that call fails (HTTP-500-like)
+    node: str | None = None  # the simulated node's name (multi-node scale runs)
 
 
 @dataclass
@@ -74,11 +75,11 @@ async def build_sim_world(
     """
     rng = random.Random(opts.seed)
     spec = FakeDeviceSpec(total_bytes=int(opts.gpu_total_gib * GIB))
-    gpus = FakeGpus(make_devices(opts.gpu_count, spec), clock)
+    gpus = FakeGpus(make_devices(opts.gpu_count, spec, node=opts.node), clock)
     world = SimWorld(gpus)
     fail = parse_fail(opts.fail) if opts.fail else None
     taken: set[int] = set()
-    pid = 4000
+    pid = 4000  # fake pids: each node has its own ledger, so they may repeat across nodes
     for topo in topologies:
         if max(topo.infer) >= opts.gpu_count:
             raise ConfigError(
