@@ -47,12 +47,13 @@ class RealClock:
 
 
 class _Sleeper:
-    __slots__ = ("deadline", "event", "seq")
+    __slots__ = ("deadline", "event", "gone", "seq")
 
     def __init__(self, deadline: float, seq: int) -> None:
         self.deadline = deadline
         self.seq = seq
         self.event = anyio.Event()
+        self.gone = False  # cancelled: left in the heap, dropped when it reaches the top
 
     def __lt__(self, other: _Sleeper) -> bool:
         return (self.deadline, self.seq) < (other.deadline, other.seq)
@@ -97,12 +98,12 @@ class VirtualClock:
         heapq.heappush(self._heap, me)
         try:
             while True:
-                if self._heap[0] is me:
-                    await _all_tasks_blocked(lambda: self._heap[0] is me)
+                if self._head() is me:
+                    await _all_tasks_blocked(lambda: self._head() is me)
                     # A wait can complete in the same pass that cancelled us: honour that
                     # before moving time, or a cancelled sleeper would jump the clock.
                     await anyio.lowlevel.checkpoint_if_cancelled()
-                    if self._heap[0] is me:  # nobody earlier registered meanwhile
+                    if self._head() is me:  # nobody earlier registered meanwhile
                         heapq.heappop(self._heap)
                         if me.deadline > self._now:
                             self._now = me.deadline
@@ -113,16 +114,21 @@ class VirtualClock:
                     event = me.event
                     await event.wait()
                     me.event = anyio.Event()
-        except BaseException:  # cancelled: drop our deadline, pass the watch on
-            if me in self._heap:
-                self._heap.remove(me)
-                heapq.heapify(self._heap)
-                self._wake_head()
+        except BaseException:  # cancelled: drop our deadline (lazily: O(1)), pass the watch on
+            me.gone = True
+            self._wake_head()
             raise
 
+    def _head(self) -> _Sleeper | None:
+        heap = self._heap
+        while heap and heap[0].gone:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
+
     def _wake_head(self) -> None:
-        if self._heap:
-            self._heap[0].event.set()
+        head = self._head()
+        if head is not None:
+            head.event.set()
 
 
 async def _all_tasks_blocked(still_head: Callable[[], bool]) -> None:

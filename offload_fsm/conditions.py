@@ -49,12 +49,11 @@ class WakeCondition:
             if short:
                 ok = False
                 detail += f"; free < {gib(self.need_free_bytes)} needed on {short}"
-        if self.blockers is not None:
-            blocking = self.blockers()
-            if blocking:
-                ok = False
-                detail += f"; waiting for {', '.join(blocking)}"
-        return Verdict(ok, used, self.threshold_bytes, detail)
+        blocking = self.blockers() if self.blockers is not None else []
+        if blocking:
+            ok = False
+            detail += f"; waiting for {', '.join(blocking)}"
+        return Verdict(ok, used, self.threshold_bytes, detail, blocked=bool(blocking))
 
 
 @dataclass(slots=True)

@@ -13,7 +13,8 @@ gate opens instead and emits a distinct, loud ``GateFailOpen`` event.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,6 +42,9 @@ class Verdict:
     observed: tuple[int | None, ...]  # aligned with the gate's devices
     limit: int | None
     detail: str = ""
+    # Waiting on other engines' states, not on memory: the gate sleeps until nudged (their
+    # transitions nudge it) or a heartbeat, instead of polling memory that cannot matter yet.
+    blocked: bool = False
 
 
 class Condition(Protocol):
@@ -91,6 +95,37 @@ class Nudge:
             await event.wait()
             return True
         return False
+
+
+class NudgeHub:
+    """Nudges per GPU: a gate watches the GPUs it gates; moves on them nudge it alone."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, set[Nudge]] = {}
+
+    @contextmanager
+    def watch(self, keys: Iterable[str]) -> Iterator[Nudge]:
+        nudge = Nudge()
+        keys = tuple(keys)
+        for key in keys:
+            self._by_key.setdefault(key, set()).add(nudge)
+        try:
+            yield nudge
+        finally:
+            for key in keys:
+                watchers = self._by_key.get(key)
+                if watchers is not None:
+                    watchers.discard(nudge)
+                    if not watchers:
+                        del self._by_key[key]
+
+    def nudge(self, keys: Iterable[str]) -> None:
+        woken: set[Nudge] = set()
+        for key in keys:
+            for nudge in self._by_key.get(key, ()):
+                if nudge not in woken:
+                    woken.add(nudge)
+                    nudge.nudge()
 
 
 @dataclass(slots=True)
@@ -201,6 +236,9 @@ async def run_gate(
         if verdict.passed:
             interval = policy.poll_min_s
             pause = policy.settle_interval_s
+        elif verdict.blocked and ctx.nudge is not None:
+            interval = policy.poll_min_s  # once unblocked, memory may be moving
+            pause = policy.heartbeat_s
         else:
             interval = (
                 policy.poll_min_s if changed else min(interval * policy.backoff, policy.poll_max_s)

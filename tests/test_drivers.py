@@ -59,7 +59,7 @@ async def test_dual_driver_runs_clean(tmp_path: Path) -> None:
     for pipeline in ("p1", "p2"):
         assert (pipeline, 3, "train") in phases
     assert isinstance(events[-1], RunFinished) and events[-1].status == "ok"
-    assert "p2.engine0 gated" in out.getvalue()  # waits for p1 on the shared GPUs
+    assert "p2 engines gated" in out.getvalue()  # waits for p1 on the shared GPUs
 
 
 async def test_failure_in_one_pipeline_cancels_the_peer_and_both_clean_up(tmp_path: Path) -> None:

@@ -85,7 +85,7 @@ class SimEngine:
         self._calls: dict[str, int] = dict.fromkeys(ENGINE_CALLS, 0)
         self._crashed = False
         self._closed = False
-        gpus.add_source(self._ledger_rows)
+        gpus.add_source(self._ledger_rows, self.devices)
 
     # -- what probes and tests see --------------------------------------------------------
 

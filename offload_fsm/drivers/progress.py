@@ -51,7 +51,7 @@ class ProgressPrinter:
             label = "" if event.step < 0 else f"step {event.step}"
             self._line(f"{event.pipeline_id} {label:>7} {event.phase:<8}| {self.states()}")
         elif isinstance(event, GateDecision) and event.gate == "wake" and not event.opened:
-            eid = event.engine_id or "?"
+            eid = event.engine_id or f"{event.pipeline_id} engines"
             reason = event.detail.split(";")[0] if event.passed is False else event.detail
             key = f"{event.passed}:{event.detail}"
             if self._last_gate.get(eid) != key and not event.passed:

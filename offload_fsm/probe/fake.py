@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from offload_fsm.clock import Clock, RealClock
@@ -117,7 +118,9 @@ class FakeGpus:
         self._unknown: set[int] = set()  # pids whose usage the "driver" will not report
         self._hidden_lists: set[str] = set()  # device keys whose process list is unknown
         self._pid_offset = 0
-        self._sources: list[Callable[[], Iterable[tuple[int, str, int]]]] = []
+        self._sources: list[
+            tuple[Callable[[], Iterable[tuple[int, str, int]]], frozenset[str] | None]
+        ] = []
         if isinstance(reserved_bytes, int):
             self._reserved = {d.key: reserved_bytes for d in self.devices}
         else:
@@ -134,10 +137,16 @@ class FakeGpus:
 
     # --- ledger ------------------------------------------------------------------------
 
-    def add_source(self, source: Callable[[], Iterable[tuple[int, str, int]]]) -> None:
+    def add_source(
+        self,
+        source: Callable[[], Iterable[tuple[int, str, int]]],
+        devices: Iterable[DeviceRef] | None = None,
+    ) -> None:
         """Extra usage read at every snapshot: ``(pid, device key, bytes)`` rows, e.g. from
-        simulated engine processes that keep their ledger in files."""
-        self._sources.append(source)
+        simulated engine processes that keep their ledger in files. ``devices``: the only
+        devices its rows name (snapshots of other devices then skip it); None: any."""
+        keys = None if devices is None else frozenset(self.device(d).key for d in devices)
+        self._sources.append((source, keys))
 
     def _settle_timelines(self, now: float) -> None:
         """Fold timelines into the plain ledger (finished ones are dropped)."""
@@ -154,13 +163,15 @@ class FakeGpus:
         else:
             self._usage[entry] = nbytes
 
-    def _entries(self) -> dict[tuple[int, str], int]:
+    def _entries(self, keys: AbstractSet[str] | None = None) -> dict[tuple[int, str], int]:
         if self._timelines:
             self._settle_timelines(self.clock.now())
         if not self._sources:
             return self._usage
         merged = dict(self._usage)
-        for source in self._sources:
+        for source, only in self._sources:
+            if keys is not None and only is not None and keys.isdisjoint(only):
+                continue
             for pid, key, nbytes in source():
                 if nbytes > 0:
                     merged[(pid, key)] = merged.get((pid, key), 0) + nbytes
@@ -314,7 +325,8 @@ class FakeGpus:
         memory = []
         processes = []
         by_device: dict[str, list[tuple[int, int]]] = {}
-        for (pid, key), nbytes in sorted(self._entries().items()):
+        wanted = {d.key for d in devices}
+        for (pid, key), nbytes in sorted(self._entries(wanted).items()):
             by_device.setdefault(key, []).append((pid, nbytes))
         for dev in devices:
             rows = by_device.get(dev.key, [])
