@@ -47,26 +47,53 @@ class RealClock:
 
 
 class _Sleeper:
-    __slots__ = ("deadline", "event", "gone", "seq")
+    """A pending deadline: a sleeping task's, or a timer's (``callback`` set, no task)."""
 
-    def __init__(self, deadline: float, seq: int) -> None:
+    __slots__ = ("callback", "deadline", "event", "gone", "idle_scope", "seq", "woken")
+
+    def __init__(self, deadline: float, seq: int, callback: Callable[[], None] | None = None):
         self.deadline = deadline
         self.seq = seq
+        self.callback = callback
         self.event = anyio.Event()
         self.gone = False  # cancelled: left in the heap, dropped when it reaches the top
+        self.idle_scope: anyio.CancelScope | None = None  # set while waiting for idleness
+        self.woken = False  # woken early through a WakeToken
 
     def __lt__(self, other: _Sleeper) -> bool:
         return (self.deadline, self.seq) < (other.deadline, other.seq)
+
+    def cancel(self) -> None:
+        self.gone = True
+
+
+class WakeToken:
+    """Lets another task end a :meth:`VirtualClock.sleep` early (a nudge)."""
+
+    __slots__ = ("_sleeper",)
+
+    def __init__(self) -> None:
+        self._sleeper: _Sleeper | None = None
+
+    def wake(self) -> None:
+        me = self._sleeper
+        if me is None or me.gone:
+            return
+        me.woken = True
+        me.event.set()
+        if me.idle_scope is not None:
+            me.idle_scope.cancel()
 
 
 class VirtualClock:
     """Virtual time that jumps to the earliest pending deadline once every task is blocked.
 
-    Only the earliest sleeper is awake: it waits until no other task can run (trio's
-    ``wait_all_tasks_blocked``; on asyncio, an empty ready queue twice in a row), then moves
-    time to its deadline, returns, and hands the watch to the next earliest sleeper. The
-    others wait on events, so a thousand sleepers cost nothing per jump. Only for code that
-    does no real I/O while virtual time runs.
+    Only the earliest sleeping task is awake (the watcher): it waits until no other task
+    can run (trio's ``wait_all_tasks_blocked``; on asyncio, an empty ready queue twice in a
+    row), then fires the timers due before its own deadline (``deadline()`` scopes), moves
+    time on, and hands the watch to the next earliest sleeper. The others wait on events, so
+    a thousand sleepers cost nothing per jump. Only for code that does no real I/O while
+    virtual time runs.
     """
 
     virtual = True
@@ -74,8 +101,10 @@ class VirtualClock:
     def __init__(self, start: float = 0.0, *, wall_start: float = 1_700_000_000.0) -> None:
         self._now = start
         self._wall_offset = wall_start - start
-        self._heap: list[_Sleeper] = []
+        self._heap: list[_Sleeper] = []  # sleeping tasks
+        self._timers: list[_Sleeper] = []  # callbacks (no task)
         self._counter = itertools.count()
+        self._live = 0  # sleeping tasks not cancelled
         self.jumps = 0
 
     def now(self) -> float:
@@ -90,40 +119,85 @@ class VirtualClock:
             raise ValueError(f"cannot advance a clock by {seconds!r}")
         self._now += seconds
 
+    @property
+    def has_watcher(self) -> bool:
+        """Whether some task sleeps on this clock (and so will move time on)."""
+        return self._live > 0
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> _Sleeper:
+        """Run ``callback`` when virtual time reaches now + ``seconds`` (``.cancel()`` it).
+        Fired by the watcher: it needs some task sleeping on this clock."""
+        timer = _Sleeper(self._now + max(0.0, seconds), next(self._counter), callback)
+        heapq.heappush(self._timers, timer)
+        return timer
+
     async def sleep(self, seconds: float) -> None:
+        await self.sleep_or_wake(seconds, None)
+
+    async def sleep_or_wake(self, seconds: float, token: WakeToken | None) -> bool:
+        """Sleep ``seconds`` of virtual time; True when ``token`` woke it earlier."""
         if not seconds > 0:
             await anyio.lowlevel.checkpoint()
-            return
+            return False
         me = _Sleeper(self._now + seconds, next(self._counter))
+        if token is not None:
+            token._sleeper = me
+        before = self._head()
         heapq.heappush(self._heap, me)
+        self._live += 1
+        if before is not None and me < before and before.idle_scope is not None:
+            before.idle_scope.cancel()  # we are the watcher now
         try:
             while True:
+                if me.woken:
+                    self._leave(me)
+                    await anyio.lowlevel.checkpoint()
+                    return True
                 if self._head() is me:
-                    await _all_tasks_blocked(lambda: self._head() is me)
+                    await _all_tasks_blocked(me, lambda: self._head() is me and not me.woken)
                     # A wait can complete in the same pass that cancelled us: honour that
                     # before moving time, or a cancelled sleeper would jump the clock.
                     await anyio.lowlevel.checkpoint_if_cancelled()
-                    if self._head() is me:  # nobody earlier registered meanwhile
-                        heapq.heappop(self._heap)
-                        if me.deadline > self._now:
-                            self._now = me.deadline
-                            self.jumps += 1
-                        self._wake_head()
-                        return
-                else:
-                    event = me.event
-                    await event.wait()
-                    me.event = anyio.Event()
+                    if self._head() is not me or me.woken:  # someone else moves on first
+                        continue
+                    timer = _top(self._timers)
+                    if timer is not None and timer.deadline <= me.deadline:
+                        heapq.heappop(self._timers)
+                        self._move_to(timer.deadline)
+                        assert timer.callback is not None
+                        timer.callback()  # e.g. cancels a deadline scope: let it run first
+                        continue
+                    heapq.heappop(self._heap)
+                    self._leave(me)
+                    self._move_to(me.deadline)
+                    self._wake_head()
+                    return False
+                event = me.event
+                await event.wait()
+                me.event = anyio.Event()
         except BaseException:  # cancelled: drop our deadline (lazily: O(1)), pass the watch on
-            me.gone = True
+            self._leave(me)
             self._wake_head()
             raise
+        finally:
+            if token is not None:
+                token._sleeper = None
+
+    def _leave(self, me: _Sleeper) -> None:
+        """``me`` no longer sleeps (it stays in the heap until it reaches the top)."""
+        if not me.gone:
+            me.gone = True
+            self._live -= 1
+        if self._head() is None or self._head() is not me:
+            self._wake_head()
+
+    def _move_to(self, when: float) -> None:
+        if when > self._now:
+            self._now = when
+            self.jumps += 1
 
     def _head(self) -> _Sleeper | None:
-        heap = self._heap
-        while heap and heap[0].gone:
-            heapq.heappop(heap)
-        return heap[0] if heap else None
+        return _top(self._heap)
 
     def _wake_head(self) -> None:
         head = self._head()
@@ -131,29 +205,36 @@ class VirtualClock:
             head.event.set()
 
 
-async def _all_tasks_blocked(still_head: Callable[[], bool]) -> None:
+def _top(heap: list[_Sleeper]) -> _Sleeper | None:
+    while heap and heap[0].gone:
+        heapq.heappop(heap)
+    return heap[0] if heap else None
+
+
+async def _all_tasks_blocked(me: _Sleeper, still_head: Callable[[], bool]) -> None:
     """Return once no other task of this event loop can run, or early once ``still_head``
-    turns false (an earlier sleeper took over: two spinners would keep each other busy)."""
+    turns false (an earlier sleeper took over: it cancels ``me.idle_scope``)."""
     try:
         loop = asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio: trio (anyio's only other backend)
-        loop = None
-        trio = sys.modules.get("trio")
-        if trio is not None:
-            import trio.testing
+    except RuntimeError:  # not asyncio: trio, anyio's other backend
+        import trio.testing
 
-            await trio.testing.wait_all_tasks_blocked()
-            return
-    if loop is not None:
-        ready = getattr(loop, "_ready", None)  # CPython's run queue (stable since 3.4)
-        if ready is not None:
-            idle = 0
-            while idle < 2 and still_head():  # twice: callbacks may schedule callbacks
-                await asyncio.sleep(0)
-                idle = idle + 1 if not ready else 0
-            return
-    for _ in range(8):  # unknown loop: give runnable tasks a few passes
-        await anyio.lowlevel.checkpoint()
+        # Trio wakes an idle-waiter only when its run queue is empty between batches;
+        # exactly one watcher is ever waiting (a new head cancels the old one's wait).
+        with anyio.CancelScope() as scope:
+            me.idle_scope = scope
+            try:
+                await trio.testing.wait_all_tasks_blocked()
+            finally:
+                me.idle_scope = None
+        return
+    ready = getattr(loop, "_ready", None)  # CPython's run queue (stable since 3.4)
+    if ready is None:
+        raise RuntimeError(f"VirtualClock cannot see the run queue of {type(loop).__name__}")
+    idle = 0
+    while idle < 2 and still_head():  # twice: callbacks may schedule callbacks
+        await asyncio.sleep(0)
+        idle = idle + 1 if not ready else 0
 
 
 @asynccontextmanager
@@ -163,6 +244,20 @@ async def deadline(clock: Clock, seconds: float) -> AsyncIterator[None]:
         with anyio.fail_after(seconds):
             yield
         return
+    if isinstance(clock, VirtualClock) and clock.has_watcher:
+        # Cheap path: a timer the clock's watcher fires (no task per deadline).
+        completed = False
+        with anyio.CancelScope() as scope:
+            timer = clock.call_later(seconds, scope.cancel)
+            try:
+                yield
+                completed = True
+            finally:
+                timer.cancel()
+        if scope.cancelled_caught and not completed:
+            raise TimeoutError(f"deadline of {seconds:g} s passed")
+        return
+    # Nobody sleeps on the clock yet: a watchdog task sleeps, so time can move at all.
     expired = completed = False
     try:
         async with anyio.create_task_group() as tg:

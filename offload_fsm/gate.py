@@ -21,7 +21,7 @@ from typing import Protocol
 import anyio
 
 from offload_fsm.bus import Recorder
-from offload_fsm.clock import Clock, deadline
+from offload_fsm.clock import Clock, VirtualClock, WakeToken, deadline
 from offload_fsm.config import GatePolicy
 from offload_fsm.errors import (
     BackendUnavailable,
@@ -74,23 +74,26 @@ class Nudge:
 
     def __init__(self) -> None:
         self._event = anyio.Event()
+        self._tokens: set[WakeToken] = set()
         self.count = 0
 
     def nudge(self) -> None:
         self.count += 1
         self._event.set()
         self._event = anyio.Event()
+        for token in self._tokens:
+            token.wake()
 
     async def sleep(self, clock: Clock, seconds: float) -> bool:
         """Sleep up to ``seconds``; True when nudged before that."""
-        event = self._event
-        if getattr(clock, "virtual", False):
+        if isinstance(clock, VirtualClock):  # a real sleeper, so virtual time moves on
+            token = WakeToken()
+            self._tokens.add(token)
             try:
-                async with deadline(clock, seconds):
-                    await event.wait()
-            except TimeoutError:
-                return False
-            return True
+                return await clock.sleep_or_wake(seconds, token)
+            finally:
+                self._tokens.discard(token)
+        event = self._event
         with anyio.move_on_after(seconds):
             await event.wait()
             return True
