@@ -210,3 +210,20 @@ def test_default_backend_is_opened_once_and_closed(
     assert miles.max_used_gib([1]) == 1.0
     assert len(opened) == 2
     miles.close_default_backend()
+
+
+def test_gpus_on_several_nodes_need_node_qualified_ids() -> None:
+    gpus = FakeGpus(make_devices(2, node="a") + make_devices(2, node="b"))
+    a1, b1 = gpus.devices[1], gpus.devices[3]
+    gpus.set_usage(COTENANT, b1, 6 * GIB)
+    backend = FakeBackend(gpus)
+    with pytest.raises(DeviceIdError, match="ambiguous"):
+        miles.max_used_gib([1], backend=backend)  # gpu1 of node a, or of node b?
+    assert miles.max_used_gib([a1, b1], backend=backend) == 6.0
+    assert miles.max_used_gib([a1.key, b1.key], backend=backend) == 6.0
+    assert miles.max_used_gib(f"{a1.key},{b1.key}", backend=backend) == 6.0
+    with pytest.raises(DeviceIdError, match="same GPU"):
+        miles.max_used_gib([b1, b1.key], backend=backend)
+    stranger = make_devices(1, node="c")[0]
+    with pytest.raises(DeviceIdError, match="not one of"):
+        miles.max_used_gib([stranger], backend=backend)

@@ -17,6 +17,7 @@ ray = pytest.importorskip("ray")
 
 from offload_fsm.adapters.trainer import TrainerAdapter  # noqa: E402
 from offload_fsm.bus import EventBus, Recorder  # noqa: E402
+from offload_fsm.compat import miles  # noqa: E402
 from offload_fsm.config import GatePolicy  # noqa: E402
 from offload_fsm.errors import (  # noqa: E402
     BackendUnavailable,
@@ -147,6 +148,8 @@ async def test_devices_carry_their_node_and_one_round_reaches_every_node_at_once
 
     with pytest.raises(DeviceIdError, match="node-c"):
         await probe.probe([GpuDevice(0, "GPU-x", "0:0:0.0", node="node-c")])
+    # The MILES helpers take the Ray probe as their backend (GPUs named with their node).
+    assert await miles.max_used_gib_async([a0, b1], backend=probe) == 5.0
 
 
 async def test_orchestrator_gates_a_wake_across_both_nodes(probe: RayProbe) -> None:

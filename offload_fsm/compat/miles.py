@@ -7,8 +7,11 @@ A MILES / RLix user swaps one import::
 Every function has a sync form (MILES calls these from sync code, e.g. inside Ray actors;
 each runs an event loop of its own, so never call one from inside a running loop) and an
 ``*_async`` form. ``gpus`` are physical GPU ids as ``nvidia-smi`` numbers them (NVML index),
-UUIDs or PCI bus ids, as a sequence or a ``"0,1"`` string: never CUDA ordinals. An unknown
-id is a :class:`~offload_fsm.errors.DeviceIdError`, never a skipped gate.
+UUIDs or PCI bus ids, as a sequence or a ``"0,1"`` string: never CUDA ordinals. With a
+backend that sees several nodes (:class:`~offload_fsm.ray_support.RayProbe`) an index is
+ambiguous: pass :class:`~offload_fsm.probe.base.GpuDevice` objects or ``node/uuid`` keys.
+An unknown or repeated id is a :class:`~offload_fsm.errors.DeviceIdError`, never a skipped
+gate.
 
 ``backend`` defaults to one shared backend per process (NVML, else nvidia-smi), opened on
 first use (:func:`default_backend`, :func:`close_default_backend`).
@@ -36,7 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -63,12 +66,12 @@ from offload_fsm.errors import (
 from offload_fsm.gate import GateContext, run_gate
 from offload_fsm.probe.attribution import ProcessTable, detect_pid_namespace, resident_max
 from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend, ProbeRound
-from offload_fsm.probe.devices import resolve_devices
+from offload_fsm.probe.devices import resolve_device, split_ids
 from offload_fsm.teardown import TeardownResult
 from offload_fsm.teardown import kill_tree_and_verify as _kill_tree_and_verify
 
 T = TypeVar("T")
-GpuIds = str | Iterable[int | str]
+GpuIds = str | Iterable[int | str | GpuDevice]
 
 PROBE_TIMEOUT_S = 2.0  # one probe round; a hung driver call is abandoned
 DEFAULT_RELEASE_LIMIT_GIB = CUDA_CONTEXT_FLOOR_GIB + DEFAULT_RELEASE_MARGIN_GIB
@@ -125,10 +128,30 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
 
 
 async def _devices(gpus: GpuIds, backend: ProbeBackend) -> tuple[GpuDevice, ...]:
-    refs: str | list[int | str] = gpus if isinstance(gpus, str) else list(gpus)
+    refs: Sequence[int | str | GpuDevice] = split_ids(gpus) if isinstance(gpus, str) else list(gpus)
     if not refs:
         raise DeviceIdError("no GPU ids were given")
-    return resolve_devices(refs, await backend.devices())
+    devices = await backend.devices()
+    by_key = {d.key: d for d in devices}
+    nodes = sorted({d.node or "" for d in devices})
+    out: dict[str, GpuDevice] = {}
+    for ref in refs:
+        if isinstance(ref, GpuDevice) or (isinstance(ref, str) and ref in by_key):
+            key = ref.key if isinstance(ref, GpuDevice) else ref
+            if key not in by_key:
+                raise DeviceIdError(f"{key} is not one of the backend's GPUs")
+            dev = by_key[key]
+        elif len(nodes) > 1:  # an index or bus id names one GPU on *each* node
+            raise DeviceIdError(
+                f"GPU id {ref!r} is ambiguous: the backend sees GPUs on nodes {nodes}; "
+                "pass GpuDevice objects or node/uuid keys"
+            )
+        else:
+            dev = resolve_device(ref, devices)
+        if dev.key in out:
+            raise DeviceIdError(f"GPU id {ref!r} names the same GPU as another ({dev.uuid})")
+        out[dev.key] = dev
+    return tuple(out.values())
 
 
 async def _round(backend: ProbeBackend, devices: tuple[GpuDevice, ...]) -> ProbeRound:
