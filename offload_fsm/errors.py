@@ -14,9 +14,10 @@
     ├── GateError
     │   ├── GateTimeout             the condition did not hold in time (carries readings)
     │   └── GateUnmeasurable        memory could not be measured and the gate failed closed
-    └── EngineError                 an engine/adapter call failed (engine moved to `failed`)
-        ├── EngineCallTimeout
-        └── EngineUnreachable
+    ├── EngineError                 an engine/adapter call failed (engine moved to `failed`)
+    │   ├── EngineCallTimeout
+    │   └── EngineUnreachable
+    └── MissingExtra                an optional feature's package is not installed
 
 Library code maps foreign errors (pynvml, httpx, OSError) into this tree at the boundary with
 ``raise ... from``; callers never need to import pynvml or httpx to handle failures.
@@ -138,3 +139,15 @@ class EngineCallTimeout(EngineError):
 
 class EngineUnreachable(EngineError):
     """The engine's endpoint refused or dropped the connection."""
+
+
+class MissingExtra(OffloadFsmError):
+    """An optional feature needs a package from an extra that is not installed."""
+
+    def __init__(self, feature: str, module: str, extra: str) -> None:
+        self.feature = feature
+        self.module = module
+        self.extra = extra
+        super().__init__(
+            f"{feature} needs {module}, which is not installed: pip install 'offload-fsm[{extra}]'"
+        )
