@@ -217,7 +217,7 @@ def render_timeline(
             st_ax.spines[spine].set_visible(False)
         for ts_, rule in violations_by_gpu[gpu]:
             for ax in (mem_ax, st_ax):
-                ax.axvline(ts_, color="#d62728", lw=2.0, alpha=0.85)
+                ax.axvline(ts_, color="#d62728", lw=2.0)
             mem_ax.text(
                 ts_,
                 ymax * 0.97,

@@ -619,6 +619,9 @@ class Replayer:
         eng = self._engine(line, ev)
         if eng is None or eng.state != _GATED:
             return
+        # Only the latest wake decision counts: a gate that opened and was then re-run
+        # (a blocker appeared) must open again before the wake.
+        eng.wake_pass_line = eng.wake_bad = None
         if not ev.opened:
             eng.last_wake_decision = (line, ev)  # formatted only if a violation needs it
             return

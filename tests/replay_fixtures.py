@@ -55,9 +55,10 @@ class EngineSpec:
     pid: int
     share_group: str | None = None
 
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return tuple(GPUS[i] for i in self.gpus)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keys", tuple(GPUS[i] for i in self.gpus))
+
+    keys: tuple[str, ...] = field(init=False, default=())
 
 
 DUAL: tuple[EngineSpec, ...] = (
@@ -89,6 +90,10 @@ class SimConfig:
     attribution: bool = True
     run_id: str = "sim-dual"
     start_ts: float = 1_700_000_000.0
+
+    def __post_init__(self) -> None:
+        if self.gate_timeout_ticks <= self.settle:
+            raise ValueError("gate_timeout_ticks must exceed settle, or no wake ever opens")
 
 
 @dataclass
@@ -126,6 +131,7 @@ class DualSim:
         self.foreign: dict[int, tuple[int, int]] = {}  # gpu -> (bytes, ticks left)
         self.work: dict[str, dict[str, Any]] = {}  # engine -> in-flight call / gate state
         self.wanted: frozenset[str] = CONFIGS[0]
+        self.on_gpu = [[e for e, s in self.specs.items() if g in s.gpus] for g in range(len(GPUS))]
 
     def emit(self, kind: type[E], **fields: Any) -> E:
         self.seq += 1
@@ -156,8 +162,8 @@ class DualSim:
             self.history.append((ev.seq, eid, step.dst.value))
 
     def used(self, gpu: int) -> int:
-        total = sum(self.mem[e] for e, s in self.specs.items() if gpu in s.gpus)
-        return total + self.foreign.get(gpu, (0, 0))[0]
+        mem = self.mem
+        return sum(mem[e] for e in self.on_gpu[gpu]) + self.foreign.get(gpu, (0, 0))[0]
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -207,7 +213,7 @@ class DualSim:
         )
 
     def switch(self) -> None:
-        for _ in range(10_000):
+        for _ in range(2_000):
             if all(self.settled(e) for e in self.specs):
                 return
             self.tick()
