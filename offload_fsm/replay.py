@@ -161,7 +161,8 @@ class GpuTrack:
     samples: int = 0
     peak_used: int | None = None
     peak_used_ts: float | None = None
-    # highest whole-GPU used while no engine on the GPU held memory (all slept or gated)
+    # highest whole-GPU used while no engine on the GPU held memory (all slept or gated), or
+    # that a wake gate opened on
     peak_residual: int | None = None
     peak_residual_ts: float | None = None
     holders: int = 0  # engines on this GPU that are active, waking, releasing or failed
@@ -614,6 +615,16 @@ class Replayer:
     def _gate_decision(self, line: int, ev: GateDecision) -> None:
         if ev.gate != "wake":
             return
+        if ev.opened:
+            # What the engine is about to wake onto (memory samples are only logged when
+            # memory moves; the reading that opened the gate is the residual that counts).
+            gpus = self.gpus
+            for gpu, nbytes in zip(ev.gpus, ev.observed_bytes, strict=False):
+                track = gpus.get(gpu)
+                if track is None or nbytes is None:
+                    continue
+                if track.peak_residual is None or nbytes > track.peak_residual:
+                    track.peak_residual, track.peak_residual_ts = nbytes, ev.ts
         if ev.engine_id is None:
             return  # a gate evaluated outside any engine (e.g. the CLI): nothing to wake
         eng = self._engine(line, ev)

@@ -3,9 +3,10 @@
 :func:`summarize` turns a :class:`~offload_fsm.replay.ReplayResult` into plain frozen
 dataclasses (``to_json`` encodes them as they are); :func:`render` prints them as tables.
 A *gate wait* is the time from entering ``gated`` to entering ``waking``; waits that ended in
-``slept`` (timeout, cancel) are counted apart. Peaks come from memory samples: *used* over the
-whole run, *residual* only while every engine on the GPU was slept or gated (what offloading
-left behind, co-tenants included).
+``slept`` (timeout, cancel) are counted apart. *Used* peaks come from memory samples over the
+whole run; *residual* peaks from memory samples taken while every engine on the GPU was slept
+or gated, and from the readings wake gates opened on (what offloading left behind and what the
+next engine woke onto, co-tenants included).
 """
 
 from __future__ import annotations
@@ -287,7 +288,7 @@ def render(summary: Summary, *, max_violations: int = 50) -> str:
                 "gpu",
                 "samples",
                 "peak used",
-                "peak residual (all engines slept/gated)",
+                "peak residual (at rest / gate opened)",
                 "unmeasured",
             ),
             (
