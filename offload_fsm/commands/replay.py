@@ -16,13 +16,20 @@ from offload_fsm.replay import ReplayResult, replay_path
 from offload_fsm.summary import render, render_states, summarize, to_json
 
 EXIT_CLEAN, EXIT_VIOLATIONS, EXIT_UNREADABLE = 0, 1, 2
+DESCRIPTION = """\
+Re-drive every engine's lifecycle from a run's event log and check the invariants
+(docs/replay.md): legal transitions, gated wakes, GPU sharing, how the run ended, ordering.
+
+exit codes: 0 clean, 1 invariant violations, 2 unreadable input (the message names the line).
+A last line cut short by a crash is reported, not fatal; a log without run_finished is
+reported as truncated."""
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "replay",
         help="replay an event log: check invariants, summarize, reconstruct states",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("log", metavar="LOG.jsonl", help="event log (JSON lines) of one run")
