@@ -26,6 +26,7 @@ STATE_COLORS: dict[str, str] = {
     "waking": "#1f77b4",
     "failed": "#d62728",
 }
+MAX_STEP_LABELS = 40  # more steps than this: phase lines only
 MAX_POINTS = 8000  # memory points per GPU lane; longer series keep each bucket's peak
 
 
@@ -179,9 +180,20 @@ def render_timeline(
             ls="none",
             zorder=5,
         )
-        for ts_, label in data.phases:
-            mem_ax.axvline(ts_ - t0, color="#999999", lw=0.6, alpha=0.6, zorder=0)
-            if i == 0 and label.endswith("rollout"):
+        if data.phases:  # one collection, not a line per phase: long runs have thousands
+            mem_ax.vlines(
+                [t - t0 for t, _ in data.phases],
+                0,
+                1,
+                color="#999999",
+                lw=0.6,
+                alpha=0.6,
+                zorder=0,
+                transform=mem_ax.get_xaxis_transform(),
+            )
+        steps = [(t, label) for t, label in data.phases if label.endswith("rollout")]
+        if i == 0 and len(steps) <= MAX_STEP_LABELS:
+            for ts_, label in steps:
                 mem_ax.text(
                     ts_ - t0,
                     ymax * 1.01,
@@ -194,9 +206,12 @@ def render_timeline(
         engines = on_gpu[gpu]
         for row, eng in enumerate(engines):
             y = len(engines) - 1 - row
+            by_state: dict[str, list[tuple[float, float]]] = {}
             for state, start, stop in data.spans.get(eng.engine_id, ()):
+                by_state.setdefault(state, []).append((start - t0, max(stop - start, 1e-9)))
+            for state, ranges in by_state.items():  # one collection per state: fast to draw
                 st_ax.broken_barh(
-                    [(start - t0, max(stop - start, 1e-9))],
+                    ranges,
                     (y + 0.12, 0.76),
                     facecolors=STATE_COLORS.get(state, "#ffffff"),
                     edgecolor="#7a6200" if state == "gated" else "none",
