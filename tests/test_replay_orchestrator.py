@@ -46,14 +46,9 @@ async def _run(tmp_path: Path, steps: int, *, incident: bool) -> tuple[Path, dic
         recorder=Recorder(bus, "orch-dual", clock),
         config=OrchestratorConfig(
             threshold_bytes=7 * GIB,
-            # Dyadic poll intervals and deadlines keep virtual time exact. With the default
-            # 1-5 ms polls, run_gate's last sleep before its deadline can be ~1e-16 s, which
-            # VirtualClock adds to ``now`` without moving it: a livelock (reported).
-            wake_gate=GatePolicy(deadline_s=3.0, poll_min_s=0.125, poll_max_s=0.125),
-            release_gate=GatePolicy(deadline_s=2.0, poll_min_s=0.125, poll_max_s=0.125),
-            resume_gate=GatePolicy(
-                deadline_s=2.0, settle_samples=1, poll_min_s=0.125, poll_max_s=0.125
-            ),
+            wake_gate=GatePolicy(deadline_s=3.0),
+            release_gate=GatePolicy(deadline_s=2.0),
+            resume_gate=GatePolicy(deadline_s=2.0, settle_samples=1),
             call_timeout_s=3.0,
         ),
         clock=clock,
