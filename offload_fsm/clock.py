@@ -55,7 +55,7 @@ class _Sleeper:
         self.deadline = deadline
         self.seq = seq
         self.callback = callback
-        self.event = anyio.Event()
+        self.event: anyio.Event | None = None  # made only when it has to wait its turn
         self.gone = False  # cancelled: left in the heap, dropped when it reaches the top
         self.idle_scope: anyio.CancelScope | None = None  # set while waiting for idleness
         self.woken = False  # woken early through a WakeToken
@@ -80,7 +80,8 @@ class WakeToken:
         if me is None or me.gone:
             return
         me.woken = True
-        me.event.set()
+        if me.event is not None:
+            me.event.set()
         if me.idle_scope is not None:
             me.idle_scope.cancel()
 
@@ -139,7 +140,10 @@ class VirtualClock:
         if not seconds > 0:
             await anyio.lowlevel.checkpoint()
             return False
-        me = _Sleeper(self._now + seconds, next(self._counter))
+        # A sleep too small to move a float still moves time: a loop sleeping "deadline
+        # minus elapsed" must not spin at one instant forever.
+        when = max(self._now + seconds, math.nextafter(self._now, math.inf))
+        me = _Sleeper(when, next(self._counter))
         if token is not None:
             token._sleeper = me
         before = self._head()
@@ -172,9 +176,10 @@ class VirtualClock:
                     self._move_to(me.deadline)
                     self._wake_head()
                     return False
-                event = me.event
-                await event.wait()
                 me.event = anyio.Event()
+                if self._head() is not me and not me.woken:
+                    await me.event.wait()
+                me.event = None
         except BaseException:  # cancelled: drop our deadline (lazily: O(1)), pass the watch on
             self._leave(me)
             self._wake_head()
@@ -201,7 +206,7 @@ class VirtualClock:
 
     def _wake_head(self) -> None:
         head = self._head()
-        if head is not None:
+        if head is not None and head.event is not None:
             head.event.set()
 
 

@@ -173,6 +173,7 @@ async def run_gate(
     prev_observed: tuple[int | None, ...] | None = None
     last_event_at = -float("inf")
     last_error: ProbeError | None = None
+    prev_passed: bool | None = None
 
     async def emit_decision(v: Verdict, opened: bool, elapsed: float) -> None:
         if recorder is not None:
@@ -225,9 +226,11 @@ async def run_gate(
         now = clock.now()
         elapsed = now - start
         changed = prev_observed is None or _moved(prev_observed, verdict.observed)
-        # Decisions are events when something changed, while settling, on opening, and as a
-        # heartbeat: not on every millisecond poll of memory that does not move.
-        if changed or verdict.passed or now - last_event_at >= policy.heartbeat_s:
+        flipped = verdict.passed != prev_passed
+        prev_passed = verdict.passed
+        # Decisions are events when memory moved, when the verdict flipped, on opening, and
+        # as a heartbeat: not on every millisecond poll of memory that does not move.
+        if changed or flipped or opened or now - last_event_at >= policy.heartbeat_s:
             await emit_decision(verdict, opened, elapsed)
             last_event_at = now
         if ctx.on_progress is not None:

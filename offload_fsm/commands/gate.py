@@ -137,7 +137,7 @@ async def gate_command(
         progress.done()
         out.write(f"{out_prefix}: TIMED OUT after {policy.deadline_s:g} s\n{exc}\n")
         if exc.report is not None:
-            out.write(exc.report.render() + "\n")  # type: ignore[attr-defined]
+            out.write(exc.report.render() + "\n")
         return EXIT_TIMEOUT
     except GateUnmeasurable as exc:
         progress.done()

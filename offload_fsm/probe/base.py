@@ -8,7 +8,7 @@ never mixes samples taken at different times.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 GIB = 1024**3
@@ -26,9 +26,11 @@ class GpuDevice:
     total_bytes: int | None = None
     node: str | None = None  # set for GPUs on other Ray nodes
 
-    @property
-    def key(self) -> str:
-        return f"{self.node}/{self.uuid}" if self.node else self.uuid
+    key: str = field(init=False, repr=False, compare=False)  # node-qualified uuid
+
+    def __post_init__(self) -> None:
+        # Computed once: keys are compared on every probe round and gate decision.
+        object.__setattr__(self, "key", f"{self.node}/{self.uuid}" if self.node else self.uuid)
 
     def label(self) -> str:
         """Short human label: ``gpu0`` or ``node-a/gpu0``."""

@@ -110,6 +110,10 @@ class FakeGpus:
         if not devices:
             raise ValueError("a fake machine needs at least one device")
         self.devices = tuple(devices)
+        self._index: dict[int | str, GpuDevice] = {}
+        for dev in self.devices:
+            for ref in (dev.index, dev.uuid, dev.key):
+                self._index.setdefault(ref, dev)
         self.clock: Clock = clock or RealClock()
         self._usage: dict[tuple[int, str], int] = {}  # (pid, device key) -> bytes
         self._timelines: dict[tuple[int, str], _Timeline] = {}
@@ -180,9 +184,9 @@ class FakeGpus:
     def device(self, ref: DeviceRef) -> GpuDevice:
         if isinstance(ref, GpuDevice):
             ref = ref.key
-        for dev in self.devices:
-            if ref in (dev.index, dev.uuid, dev.key):
-                return dev
+        dev = self._index.get(ref)
+        if dev is not None:
+            return dev
         raise DeviceIdError(f"fake GPU {ref!r} does not exist (have {len(self.devices)})")
 
     def set_usage(self, pid: int, device: DeviceRef, nbytes: int) -> None:

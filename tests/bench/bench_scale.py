@@ -69,6 +69,9 @@ class RoutedProbe:
         return None
 
 
+LATE = float(os.environ.get("BENCH_LATE_RELEASES", "0.0"))  # share of late releases
+
+
 def group_topologies(node: str) -> tuple[PipelineTopology, PipelineTopology]:
     return (
         PipelineTopology(f"{node}p1", (0, 1), (0, 1, 2, 3, 4, 5)),
@@ -89,7 +92,9 @@ async def scale_run(nodes: int, steps: int) -> tuple[float, float, int]:
         node = f"n{i:02d}"
         topos = group_topologies(node)
         world = await build_sim_world(
-            topos, clock, SimOptions(gpu_count=8, seed=i, cotenant=False, node=node)
+            topos,
+            clock,
+            SimOptions(gpu_count=8, seed=i, cotenant=False, node=node, late_release_share=LATE),
         )
         backends[node] = FakeBackend(world.gpus)
         worlds.append((topos, world))
@@ -108,10 +113,21 @@ async def scale_run(nodes: int, steps: int) -> tuple[float, float, int]:
             for topo in topos:
                 others = [t for t in topos if t is not topo]
                 engine_ids, trainer_id = world.pipelines[topo.name]
-                pipelines.append(Pipeline(
-                    topo.name, topo, engine_ids, trainer_id, shrink_gpus_for(topo, others),
-                    orch, view, recorder, clock, rollout_s=2.0, train_s=3.0,
-                ))
+                pipelines.append(
+                    Pipeline(
+                        topo.name,
+                        topo,
+                        engine_ids,
+                        trainer_id,
+                        shrink_gpus_for(topo, others),
+                        orch,
+                        view,
+                        recorder,
+                        clock,
+                        rollout_s=2.0,
+                        train_s=3.0,
+                    )
+                )
         t0, v0 = time.perf_counter(), clock.now()
         await all_or_first_error([partial(p.run, steps) for p in pipelines])
         wall, virtual = time.perf_counter() - t0, clock.now() - v0
@@ -124,15 +140,19 @@ async def main() -> None:
     counts = [int(x) for x in os.environ.get("BENCH_NODES", "1,4,16,64").split(",")]
     steps = int(os.environ.get("BENCH_STEPS", "2"))
     print(f"simulated scale run: 8 GPUs/node, 2 pipelines per node, {steps} steps, virtual time")
-    print(f"{'nodes':>6} {'GPUs':>6} {'engines':>8} {'wall/cycle':>11} {'per GPU':>10} "
-          f"{'virtual/cycle':>14} {'events':>8}")
+    print(
+        f"{'nodes':>6} {'GPUs':>6} {'engines':>8} {'wall/cycle':>11} {'per GPU':>10} "
+        f"{'virtual/cycle':>14} {'events':>8}"
+    )
     base = None
     for n in counts:
         wall, virtual, events = await scale_run(n, steps)
         per_gpu = wall / (8 * n)
         base = base or per_gpu
-        print(f"{n:6d} {8 * n:6d} {14 * n:8d} {wall:10.3f}s {per_gpu * 1e3:8.2f}ms "
-              f"{virtual:13.2f}s {events:8d}   (x{per_gpu / base:.2f} per GPU vs smallest)")
+        print(
+            f"{n:6d} {8 * n:6d} {14 * n:8d} {wall:10.3f}s {per_gpu * 1e3:8.2f}ms "
+            f"{virtual:13.2f}s {events:8d}   (x{per_gpu / base:.2f} per GPU vs smallest)"
+        )
         sys.stdout.flush()
 
 
