@@ -58,11 +58,17 @@ class ProgressPrinter:
                 self._last_gate[eid] = key
                 self._line(f"  {eid} gated: {reason}{_blockers(event.detail)}")
         elif isinstance(event, GateDecision) and event.opened and event.gate == "wake":
-            self._last_gate.pop(event.engine_id or "?", None)
-            self._line(
-                f"  {event.engine_id} gate open after {event.elapsed_s * 1e3:.1f} ms: "
-                f"{event.detail}"
+            # One line per gate that had to wait (a group gate's line names the pipeline);
+            # gates that opened at once stay quiet.
+            eid = event.engine_id or f"{event.pipeline_id} engines"
+            if self._last_gate.pop(eid, None) is None:
+                return
+            detail = (
+                event.detail.split(": ", 1)[-1]
+                if event.detail.startswith("group")
+                else (event.detail)
             )
+            self._line(f"  {eid} gate open after {event.elapsed_s:.2f} s: {detail}")
         elif isinstance(event, GateFailOpen):
             self._line(f"  !!! {event.engine_id} {event.gate} gate FAIL-OPEN: {event.error}")
         elif isinstance(event, GateTimedOut):
