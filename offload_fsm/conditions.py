@@ -49,9 +49,10 @@ class WakeCondition:
             if short:
                 ok = False
                 detail += f"; free < {gib(self.need_free_bytes)} needed on {short}"
+        # ``passed`` is the memory rule alone: it may settle while a blocker finishes its
+        # release; the gate opens only once nothing blocks (Verdict.blocked).
         blocking = self.blockers() if self.blockers is not None else []
         if blocking:
-            ok = False
             detail += f"; waiting for {', '.join(blocking)}"
         return Verdict(ok, used, self.threshold_bytes, detail, blocked=bool(blocking))
 

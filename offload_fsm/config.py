@@ -85,7 +85,7 @@ class GatePolicy:
     settle_samples: int = 3  # the condition must hold for this many rounds in a row
     deadline_s: float = 60.0
     poll_min_s: float = 0.001  # right after memory moved: react within a few ms
-    poll_max_s: float = 0.02  # cap while memory does not move; nudges reset to poll_min
+    poll_max_s: float = 0.05  # cap while memory does not move; nudges reset to poll_min
     settle_interval_s: float = 0.0005  # between the settle rounds once the condition holds
     backoff: float = 1.5
     probe_timeout_s: float = 2.0  # one probe round; a hung driver call is abandoned

@@ -42,8 +42,9 @@ class Verdict:
     observed: tuple[int | None, ...]  # aligned with the gate's devices
     limit: int | None
     detail: str = ""
-    # Waiting on other engines' states, not on memory: the gate sleeps until nudged (their
-    # transitions nudge it) or a heartbeat, instead of polling memory that cannot matter yet.
+    # Other engines' states keep the gate shut whatever memory says: the memory rule may
+    # settle meanwhile, the gate opens only once nothing blocks; while blocked it sleeps until
+    # nudged (their transitions nudge it) or a heartbeat, instead of polling.
     blocked: bool = False
 
 
@@ -222,7 +223,8 @@ async def run_gate(
                     condition, keys, err, clock.now() - start, recorder, ctx, attempts
                 )
         settle = settle + 1 if verdict.passed else 0
-        opened = settle >= policy.settle_samples
+        settled = settle >= policy.settle_samples
+        opened = settled and not verdict.blocked
         now = clock.now()
         elapsed = now - start
         changed = prev_observed is None or _moved(prev_observed, verdict.observed)
@@ -239,10 +241,11 @@ async def run_gate(
             return GateResult(True, False, attempts, elapsed, last_round, verdict)
         if elapsed >= policy.deadline_s - _EPSILON_S:  # float sums never quite reach it
             break
-        if verdict.passed:
+        if verdict.passed and not settled:
             interval = policy.poll_min_s
             pause = policy.settle_interval_s
         elif verdict.blocked and ctx.nudge is not None:
+            # Waiting on other engines, not on memory: their transitions nudge us.
             interval = policy.poll_min_s  # once unblocked, memory may be moving
             pause = policy.heartbeat_s
         else:
@@ -252,7 +255,7 @@ async def run_gate(
             pause = interval
         prev_observed = verdict.observed
         pause = min(pause, max(0.0, policy.deadline_s - elapsed))
-        if ctx.nudge is None or verdict.passed:
+        if ctx.nudge is None or (verdict.passed and not settled):
             await clock.sleep(pause)
         elif await ctx.nudge.sleep(clock, pause):
             interval = policy.poll_min_s
