@@ -9,6 +9,7 @@ wait must follow the injected clock.
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import itertools
 import math
@@ -49,7 +50,7 @@ class RealClock:
 class _Sleeper:
     """A pending deadline: a sleeping task's, or a timer's (``callback`` set, no task)."""
 
-    __slots__ = ("callback", "deadline", "event", "gone", "idle_scope", "seq", "woken")
+    __slots__ = ("callback", "deadline", "due", "event", "gone", "idle_scope", "seq", "woken")
 
     def __init__(self, deadline: float, seq: int, callback: Callable[[], None] | None = None):
         self.deadline = deadline
@@ -59,6 +60,7 @@ class _Sleeper:
         self.gone = False  # cancelled: left in the heap, dropped when it reaches the top
         self.idle_scope: anyio.CancelScope | None = None  # set while waiting for idleness
         self.woken = False  # woken early through a WakeToken
+        self.due = False  # released by the watcher that moved time to this deadline
 
     def __lt__(self, other: _Sleeper) -> bool:
         return (self.deadline, self.seq) < (other.deadline, other.seq)
@@ -106,6 +108,7 @@ class VirtualClock:
         self._timers: list[_Sleeper] = []  # callbacks (no task)
         self._counter = itertools.count()
         self._live = 0  # sleeping tasks not cancelled
+        self._due: collections.deque[_Sleeper] = collections.deque()  # released, in order
         self.jumps = 0
 
     def now(self) -> float:
@@ -153,6 +156,9 @@ class VirtualClock:
             before.idle_scope.cancel()  # we are the watcher now
         try:
             while True:
+                if me.due:
+                    self._wake_next_due()
+                    return False
                 if me.woken:
                     self._leave(me)
                     await anyio.lowlevel.checkpoint()
@@ -174,6 +180,7 @@ class VirtualClock:
                     heapq.heappop(self._heap)
                     self._leave(me)
                     self._move_to(me.deadline)
+                    self._release_due()
                     self._wake_head()
                     return False
                 me.event = anyio.Event()
@@ -187,6 +194,23 @@ class VirtualClock:
         finally:
             if token is not None:
                 token._sleeper = None
+
+    def _release_due(self) -> None:
+        """Every other sleeper whose deadline has now come goes without an idle check of its
+        own (time does not move for them): a chain, each waking the next, in order."""
+        while (head := self._head()) is not None and head.deadline <= self._now:
+            heapq.heappop(self._heap)
+            head.due = head.gone = True
+            self._live -= 1
+            self._due.append(head)
+        self._wake_next_due()
+
+    def _wake_next_due(self) -> None:
+        while self._due:
+            nxt = self._due.popleft()
+            if nxt.event is not None:
+                nxt.event.set()
+                return
 
     def _leave(self, me: _Sleeper) -> None:
         """``me`` no longer sleeps (it stays in the heap until it reaches the top)."""
