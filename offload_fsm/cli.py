@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from offload_fsm import __version__
 from offload_fsm.errors import OffloadFsmError
 
-COMMAND_MODULES = ("demo",)
+COMMAND_MODULES = ("demo", "probe", "doctor", "gate", "replay", "trace", "plot")
 
 EXIT_USER_ERROR = 2
 

@@ -8,12 +8,13 @@ wait must follow the injected clock.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import math
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Protocol
 
@@ -45,26 +46,67 @@ class RealClock:
         await anyio.sleep(max(0.0, seconds))
 
 
-class VirtualClock:
-    """Virtual time that jumps to the earliest pending deadline once every task is idle.
+class _Sleeper:
+    """A pending deadline: a sleeping task's, or a timer's (``callback`` set, no task)."""
 
-    Works on asyncio and trio alike (no loop integration): a sleeper registers its deadline,
-    then yields; the earliest sleeper advances time only after ``idle_passes`` scheduler
-    passes in which no new sleeper registered, so tasks that are merely runnable get to
-    register first. Only for code that does no real I/O while virtual time runs.
+    __slots__ = ("callback", "deadline", "event", "gone", "idle_scope", "seq", "woken")
+
+    def __init__(self, deadline: float, seq: int, callback: Callable[[], None] | None = None):
+        self.deadline = deadline
+        self.seq = seq
+        self.callback = callback
+        self.event: anyio.Event | None = None  # made only when it has to wait its turn
+        self.gone = False  # cancelled: left in the heap, dropped when it reaches the top
+        self.idle_scope: anyio.CancelScope | None = None  # set while waiting for idleness
+        self.woken = False  # woken early through a WakeToken
+
+    def __lt__(self, other: _Sleeper) -> bool:
+        return (self.deadline, self.seq) < (other.deadline, other.seq)
+
+    def cancel(self) -> None:
+        self.gone = True
+
+
+class WakeToken:
+    """Lets another task end a :meth:`VirtualClock.sleep` early (a nudge)."""
+
+    __slots__ = ("_sleeper",)
+
+    def __init__(self) -> None:
+        self._sleeper: _Sleeper | None = None
+
+    def wake(self) -> None:
+        me = self._sleeper
+        if me is None or me.gone:
+            return
+        me.woken = True
+        if me.event is not None:
+            me.event.set()
+        if me.idle_scope is not None:
+            me.idle_scope.cancel()
+
+
+class VirtualClock:
+    """Virtual time that jumps to the earliest pending deadline once every task is blocked.
+
+    Only the earliest sleeping task is awake (the watcher): it waits until no other task
+    can run (trio's ``wait_all_tasks_blocked``; on asyncio, an empty ready queue twice in a
+    row), then fires the timers due before its own deadline (``deadline()`` scopes), moves
+    time on, and hands the watch to the next earliest sleeper. The others wait on events, so
+    a thousand sleepers cost nothing per jump. Only for code that does no real I/O while
+    virtual time runs.
     """
 
     virtual = True
 
-    def __init__(
-        self, start: float = 0.0, *, wall_start: float = 1_700_000_000.0, idle_passes: int = 4
-    ) -> None:
+    def __init__(self, start: float = 0.0, *, wall_start: float = 1_700_000_000.0) -> None:
         self._now = start
         self._wall_offset = wall_start - start
-        self._heap: list[tuple[float, int]] = []
+        self._heap: list[_Sleeper] = []  # sleeping tasks
+        self._timers: list[_Sleeper] = []  # callbacks (no task)
         self._counter = itertools.count()
-        self._generation = 0
-        self._idle_passes = idle_passes
+        self._live = 0  # sleeping tasks not cancelled
+        self.jumps = 0
 
     def now(self) -> float:
         return self._now
@@ -78,32 +120,126 @@ class VirtualClock:
             raise ValueError(f"cannot advance a clock by {seconds!r}")
         self._now += seconds
 
+    @property
+    def has_watcher(self) -> bool:
+        """Whether some task sleeps on this clock (and so will move time on)."""
+        return self._live > 0
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> _Sleeper:
+        """Run ``callback`` when virtual time reaches now + ``seconds`` (``.cancel()`` it).
+        Fired by the watcher: it needs some task sleeping on this clock."""
+        timer = _Sleeper(self._now + max(0.0, seconds), next(self._counter), callback)
+        heapq.heappush(self._timers, timer)
+        return timer
+
     async def sleep(self, seconds: float) -> None:
-        entry = (self._now + max(0.0, seconds), next(self._counter))
-        heapq.heappush(self._heap, entry)
-        self._generation += 1
+        await self.sleep_or_wake(seconds, None)
+
+    async def sleep_or_wake(self, seconds: float, token: WakeToken | None) -> bool:
+        """Sleep ``seconds`` of virtual time; True when ``token`` woke it earlier."""
+        if not seconds > 0:
+            await anyio.lowlevel.checkpoint()
+            return False
+        # A sleep too small to move a float still moves time: a loop sleeping "deadline
+        # minus elapsed" must not spin at one instant forever.
+        when = max(self._now + seconds, math.nextafter(self._now, math.inf))
+        me = _Sleeper(when, next(self._counter))
+        if token is not None:
+            token._sleeper = me
+        before = self._head()
+        heapq.heappush(self._heap, me)
+        self._live += 1
+        if before is not None and me < before and before.idle_scope is not None:
+            before.idle_scope.cancel()  # we are the watcher now
         try:
-            quiet = 0
-            seen = self._generation
             while True:
-                await anyio.lowlevel.checkpoint()
-                if self._heap and self._heap[0] is entry and self._now >= entry[0]:
-                    break  # an earlier jump already reached our deadline
-                if self._generation != seen:
-                    seen, quiet = self._generation, 0
-                    continue
-                quiet += 1
-                if quiet >= self._idle_passes and self._heap and self._heap[0] is entry:
-                    self._now = max(self._now, entry[0])
-                    break
-            heapq.heappop(self._heap)
-            self._generation += 1
-        except BaseException:  # cancelled while waiting: drop our deadline
-            if entry in self._heap:
-                self._heap.remove(entry)
-                heapq.heapify(self._heap)
-                self._generation += 1
+                if me.woken:
+                    self._leave(me)
+                    await anyio.lowlevel.checkpoint()
+                    return True
+                if self._head() is me:
+                    await _all_tasks_blocked(me, lambda: self._head() is me and not me.woken)
+                    # A wait can complete in the same pass that cancelled us: honour that
+                    # before moving time, or a cancelled sleeper would jump the clock.
+                    await anyio.lowlevel.checkpoint_if_cancelled()
+                    if self._head() is not me or me.woken:  # someone else moves on first
+                        continue
+                    timer = _top(self._timers)
+                    if timer is not None and timer.deadline <= me.deadline:
+                        heapq.heappop(self._timers)
+                        self._move_to(timer.deadline)
+                        assert timer.callback is not None
+                        timer.callback()  # e.g. cancels a deadline scope: let it run first
+                        continue
+                    heapq.heappop(self._heap)
+                    self._leave(me)
+                    self._move_to(me.deadline)
+                    self._wake_head()
+                    return False
+                me.event = anyio.Event()
+                if self._head() is not me and not me.woken:
+                    await me.event.wait()
+                me.event = None
+        except BaseException:  # cancelled: drop our deadline (lazily: O(1)), pass the watch on
+            self._leave(me)
+            self._wake_head()
             raise
+        finally:
+            if token is not None:
+                token._sleeper = None
+
+    def _leave(self, me: _Sleeper) -> None:
+        """``me`` no longer sleeps (it stays in the heap until it reaches the top)."""
+        if not me.gone:
+            me.gone = True
+            self._live -= 1
+        if self._head() is None or self._head() is not me:
+            self._wake_head()
+
+    def _move_to(self, when: float) -> None:
+        if when > self._now:
+            self._now = when
+            self.jumps += 1
+
+    def _head(self) -> _Sleeper | None:
+        return _top(self._heap)
+
+    def _wake_head(self) -> None:
+        head = self._head()
+        if head is not None and head.event is not None:
+            head.event.set()
+
+
+def _top(heap: list[_Sleeper]) -> _Sleeper | None:
+    while heap and heap[0].gone:
+        heapq.heappop(heap)
+    return heap[0] if heap else None
+
+
+async def _all_tasks_blocked(me: _Sleeper, still_head: Callable[[], bool]) -> None:
+    """Return once no other task of this event loop can run, or early once ``still_head``
+    turns false (an earlier sleeper took over: it cancels ``me.idle_scope``)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio: trio, anyio's other backend
+        import trio.testing
+
+        # Trio wakes an idle-waiter only when its run queue is empty between batches;
+        # exactly one watcher is ever waiting (a new head cancels the old one's wait).
+        with anyio.CancelScope() as scope:
+            me.idle_scope = scope
+            try:
+                await trio.testing.wait_all_tasks_blocked()
+            finally:
+                me.idle_scope = None
+        return
+    ready = getattr(loop, "_ready", None)  # CPython's run queue (stable since 3.4)
+    if ready is None:
+        raise RuntimeError(f"VirtualClock cannot see the run queue of {type(loop).__name__}")
+    idle = 0
+    while idle < 2 and still_head():  # twice: callbacks may schedule callbacks
+        await asyncio.sleep(0)
+        idle = idle + 1 if not ready else 0
 
 
 @asynccontextmanager
@@ -113,6 +249,20 @@ async def deadline(clock: Clock, seconds: float) -> AsyncIterator[None]:
         with anyio.fail_after(seconds):
             yield
         return
+    if isinstance(clock, VirtualClock) and clock.has_watcher:
+        # Cheap path: a timer the clock's watcher fires (no task per deadline).
+        completed = False
+        with anyio.CancelScope() as scope:
+            timer = clock.call_later(seconds, scope.cancel)
+            try:
+                yield
+                completed = True
+            finally:
+                timer.cancel()
+        if scope.cancelled_caught and not completed:
+            raise TimeoutError(f"deadline of {seconds:g} s passed")
+        return
+    # Nobody sleeps on the clock yet: a watchdog task sleeps, so time can move at all.
     expired = completed = False
     try:
         async with anyio.create_task_group() as tg:

@@ -49,12 +49,11 @@ class WakeCondition:
             if short:
                 ok = False
                 detail += f"; free < {gib(self.need_free_bytes)} needed on {short}"
-        if self.blockers is not None:
-            blocking = self.blockers()
-            if blocking:
-                ok = False
-                detail += f"; waiting for {', '.join(blocking)}"
-        return Verdict(ok, used, self.threshold_bytes, detail)
+        blocking = self.blockers() if self.blockers is not None else []
+        if blocking:
+            ok = False
+            detail += f"; waiting for {', '.join(blocking)}"
+        return Verdict(ok, used, self.threshold_bytes, detail, blocked=bool(blocking))
 
 
 @dataclass(slots=True)
@@ -70,10 +69,11 @@ class ReleaseCondition:
     pids: Callable[[], AbstractSet[int]]
     limit_bytes: int
     unmeasured: str = "pass"
+    pid_namespace: str = "host"
     gate: str = "release"
 
     def evaluate(self, round: ProbeRound) -> Verdict:
-        by_gpu = resident_by_gpu(round, self.pids())
+        by_gpu = resident_by_gpu(round, self.pids(), pid_namespace=self.pid_namespace)
         observed = tuple(by_gpu.get(d.key) for d in self.devices)
         known = [b for b in observed if b is not None]
         if not known:
@@ -104,10 +104,11 @@ class ResumeCondition:
     before_bytes: int
     fraction: float
     unmeasured: str = "pass"
+    pid_namespace: str = "host"
     gate: str = "resume"
 
     def evaluate(self, round: ProbeRound) -> Verdict:
-        by_gpu = resident_by_gpu(round, self.pids())
+        by_gpu = resident_by_gpu(round, self.pids(), pid_namespace=self.pid_namespace)
         observed = tuple(by_gpu.get(d.key) for d in self.devices)
         known = [b for b in observed if b is not None]
         need = int(self.before_bytes * self.fraction)

@@ -85,7 +85,8 @@ class GatePolicy:
     settle_samples: int = 3  # the condition must hold for this many rounds in a row
     deadline_s: float = 60.0
     poll_min_s: float = 0.001  # right after memory moved: react within a few ms
-    poll_max_s: float = 0.005  # cap while memory does not move (NVML round ~0.1 ms)
+    poll_max_s: float = 0.02  # cap while memory does not move; nudges reset to poll_min
+    settle_interval_s: float = 0.0005  # between the settle rounds once the condition holds
     backoff: float = 1.5
     probe_timeout_s: float = 2.0  # one probe round; a hung driver call is abandoned
     fail_open: bool = False  # LOUD: open without a measurement when the probe fails
@@ -93,7 +94,14 @@ class GatePolicy:
 
     def __post_init__(self) -> None:
         parse_positive_int("settle_samples", self.settle_samples)
-        for name in ("deadline_s", "poll_min_s", "poll_max_s", "probe_timeout_s", "heartbeat_s"):
+        for name in (
+            "deadline_s",
+            "poll_min_s",
+            "poll_max_s",
+            "settle_interval_s",
+            "probe_timeout_s",
+            "heartbeat_s",
+        ):
             parse_positive_seconds(name, getattr(self, name))
         if self.poll_max_s < self.poll_min_s:
             raise ConfigError("poll_max_s", self.poll_max_s, f">= poll_min_s ({self.poll_min_s})")

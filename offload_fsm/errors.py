@@ -8,14 +8,16 @@
     ├── ProbeError                  measuring GPU memory failed
     │   ├── BackendUnavailable      NVML / nvidia-smi cannot be used at all (no retry)
     │   ├── TransientProbeError     timeout / unknown / insufficient size (retried)
+    │   │   └── ProbeTimeout        a probe call did not answer before its deadline
     │   ├── DeviceUnhealthy         GPU lost or needs a reset (loud, no retry)
     │   └── DeviceIdError           a GPU id that is unknown, ambiguous or duplicated
     ├── GateError
     │   ├── GateTimeout             the condition did not hold in time (carries readings)
     │   └── GateUnmeasurable        memory could not be measured and the gate failed closed
-    └── EngineError                 an engine/adapter call failed (engine moved to `failed`)
-        ├── EngineCallTimeout
-        └── EngineUnreachable
+    ├── EngineError                 an engine/adapter call failed (engine moved to `failed`)
+    │   ├── EngineCallTimeout
+    │   └── EngineUnreachable
+    └── MissingExtra                an optional feature's package is not installed
 
 Library code maps foreign errors (pynvml, httpx, OSError) into this tree at the boundary with
 ``raise ... from``; callers never need to import pynvml or httpx to handle failures.
@@ -77,6 +79,10 @@ class TransientProbeError(ProbeError):
     """A probe call failed in a way that may succeed on retry."""
 
 
+class ProbeTimeout(TransientProbeError):
+    """A probe call did not answer before its deadline; a hung driver call is abandoned."""
+
+
 class DeviceUnhealthy(ProbeError):
     """The GPU reports it is lost or needs a reset: nothing measured on it can be trusted."""
 
@@ -133,3 +139,15 @@ class EngineCallTimeout(EngineError):
 
 class EngineUnreachable(EngineError):
     """The engine's endpoint refused or dropped the connection."""
+
+
+class MissingExtra(OffloadFsmError):
+    """An optional feature needs a package from an extra that is not installed."""
+
+    def __init__(self, feature: str, module: str, extra: str) -> None:
+        self.feature = feature
+        self.module = module
+        self.extra = extra
+        super().__init__(
+            f"{feature} needs {module}, which is not installed: pip install 'offload-fsm[{extra}]'"
+        )

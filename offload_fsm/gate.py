@@ -13,14 +13,15 @@ gate opens instead and emits a distinct, loud ``GateFailOpen`` event.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import anyio
 
 from offload_fsm.bus import Recorder
-from offload_fsm.clock import Clock, deadline
+from offload_fsm.clock import Clock, VirtualClock, WakeToken, deadline
 from offload_fsm.config import GatePolicy
 from offload_fsm.errors import (
     BackendUnavailable,
@@ -41,6 +42,9 @@ class Verdict:
     observed: tuple[int | None, ...]  # aligned with the gate's devices
     limit: int | None
     detail: str = ""
+    # Waiting on other engines' states, not on memory: the gate sleeps until nudged (their
+    # transitions nudge it) or a heartbeat, instead of polling memory that cannot matter yet.
+    blocked: bool = False
 
 
 class Condition(Protocol):
@@ -60,6 +64,73 @@ class GateResult:
     unmeasured: bool = False
 
 
+class Nudge:
+    """Wakes waiting gates early: "memory on these GPUs may have just moved".
+
+    The orchestrator nudges when a release call returns or an engine leaves memory behind;
+    a nudged gate polls at once and restarts its backoff from the fastest interval, so it
+    can back off to a cheap cap while nothing happens yet react within milliseconds.
+    """
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._tokens: set[WakeToken] = set()
+        self.count = 0
+
+    def nudge(self) -> None:
+        self.count += 1
+        self._event.set()
+        self._event = anyio.Event()
+        for token in self._tokens:
+            token.wake()
+
+    async def sleep(self, clock: Clock, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True when nudged before that."""
+        if isinstance(clock, VirtualClock):  # a real sleeper, so virtual time moves on
+            token = WakeToken()
+            self._tokens.add(token)
+            try:
+                return await clock.sleep_or_wake(seconds, token)
+            finally:
+                self._tokens.discard(token)
+        event = self._event
+        with anyio.move_on_after(seconds):
+            await event.wait()
+            return True
+        return False
+
+
+class NudgeHub:
+    """Nudges per GPU: a gate watches the GPUs it gates; moves on them nudge it alone."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, set[Nudge]] = {}
+
+    @contextmanager
+    def watch(self, keys: Iterable[str]) -> Iterator[Nudge]:
+        nudge = Nudge()
+        keys = tuple(keys)
+        for key in keys:
+            self._by_key.setdefault(key, set()).add(nudge)
+        try:
+            yield nudge
+        finally:
+            for key in keys:
+                watchers = self._by_key.get(key)
+                if watchers is not None:
+                    watchers.discard(nudge)
+                    if not watchers:
+                        del self._by_key[key]
+
+    def nudge(self, keys: Iterable[str]) -> None:
+        woken: set[Nudge] = set()
+        for key in keys:
+            for nudge in self._by_key.get(key, ()):
+                if nudge not in woken:
+                    woken.add(nudge)
+                    nudge.nudge()
+
+
 @dataclass(slots=True)
 class GateContext:
     """Who the gate is for (copied into every event)."""
@@ -68,9 +139,11 @@ class GateContext:
     pipeline_id: str | None = None
     on_progress: Callable[[Verdict, int, float], None] | None = None  # CLI progress lines
     report: Callable[[ProbeRound | None], Awaitable[object]] | None = None
+    nudge: Nudge | None = None
     _last_sampled: dict[str, int | None] = field(default_factory=dict)
 
 
+_EPSILON_S = 1e-6
 _MOVED_BYTES = 1 * MIB  # memory that moved more than this resets polling to its fastest
 
 
@@ -100,6 +173,7 @@ async def run_gate(
     prev_observed: tuple[int | None, ...] | None = None
     last_event_at = -float("inf")
     last_error: ProbeError | None = None
+    prev_passed: bool | None = None
 
     async def emit_decision(v: Verdict, opened: bool, elapsed: float) -> None:
         if recorder is not None:
@@ -152,23 +226,36 @@ async def run_gate(
         now = clock.now()
         elapsed = now - start
         changed = prev_observed is None or _moved(prev_observed, verdict.observed)
-        # Decisions are events when something changed, while settling, on opening, and as a
-        # heartbeat: not on every millisecond poll of memory that does not move.
-        if changed or verdict.passed or now - last_event_at >= policy.heartbeat_s:
+        flipped = verdict.passed != prev_passed
+        prev_passed = verdict.passed
+        # Decisions are events when memory moved, when the verdict flipped, on opening, and
+        # as a heartbeat: not on every millisecond poll of memory that does not move.
+        if changed or flipped or opened or now - last_event_at >= policy.heartbeat_s:
             await emit_decision(verdict, opened, elapsed)
             last_event_at = now
         if ctx.on_progress is not None:
             ctx.on_progress(verdict, settle, elapsed)
         if opened:
             return GateResult(True, False, attempts, elapsed, last_round, verdict)
-        if elapsed >= policy.deadline_s:
+        if elapsed >= policy.deadline_s - _EPSILON_S:  # float sums never quite reach it
             break
-        if changed or verdict.passed:
+        if verdict.passed:
             interval = policy.poll_min_s
+            pause = policy.settle_interval_s
+        elif verdict.blocked and ctx.nudge is not None:
+            interval = policy.poll_min_s  # once unblocked, memory may be moving
+            pause = policy.heartbeat_s
         else:
-            interval = min(interval * policy.backoff, policy.poll_max_s)
+            interval = (
+                policy.poll_min_s if changed else min(interval * policy.backoff, policy.poll_max_s)
+            )
+            pause = interval
         prev_observed = verdict.observed
-        await clock.sleep(min(interval, max(0.0, policy.deadline_s - elapsed)))
+        pause = min(pause, max(0.0, policy.deadline_s - elapsed))
+        if ctx.nudge is None or verdict.passed:
+            await clock.sleep(pause)
+        elif await ctx.nudge.sleep(clock, pause):
+            interval = policy.poll_min_s
 
     assert verdict is not None
     unmeasured = verdict.passed is None

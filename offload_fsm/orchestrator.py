@@ -47,13 +47,20 @@ from offload_fsm.events import (
     AdapterCallStarted,
     AttributionReport,
     EngineRegistered,
+    GateDecision,
     RunFinished,
     RunStarted,
     Transition,
 )
-from offload_fsm.gate import GateContext, GateResult, run_gate
+from offload_fsm.gate import GateContext, GateResult, NudgeHub, run_gate
 from offload_fsm.lifecycle import AWAKE_STATES, Evidence, Lifecycle, State, Trigger
-from offload_fsm.probe.attribution import Attribution, ProcessTable, attribute, resident_by_gpu
+from offload_fsm.probe.attribution import (
+    Attribution,
+    ProcessTable,
+    attribute,
+    detect_pid_namespace,
+    resident_by_gpu,
+)
 from offload_fsm.probe.base import GpuDevice, ProbeBackend, ProbeRound
 
 PidsFn = Callable[[], frozenset[int]]
@@ -113,6 +120,9 @@ class OrchestratorConfig:
     release_unmeasured: str = "pass"  # "pass" | "fail" when no engine PID is visible
     resume_unmeasured: str = "pass"
     proc_root: str = "/proc"
+    # "host" | "foreign" | "unknown"; None: detected from ``proc_root`` at start. In a
+    # foreign PID namespace per-process figures are unknown (whole-GPU ones stay valid).
+    pid_namespace: str | None = None
 
     def __post_init__(self) -> None:
         if self.threshold_bytes <= 0:
@@ -155,6 +165,9 @@ class Orchestrator:
         self.config = config
         self.clock: Clock = clock or recorder.clock or RealClock()
         self.engines: dict[str, Engine] = {}
+        self._by_gpu: dict[str, list[Engine]] = {}  # device key -> engines using it
+        self.nudges = NudgeHub()  # wakes the gates on a GPU whenever its memory may have moved
+        self.pid_namespace = config.pid_namespace or detect_pid_namespace(config.proc_root)
 
     # --- run and registration ---------------------------------------------------------------
 
@@ -178,6 +191,8 @@ class Orchestrator:
             raise ConfigError("engine_id", spec.engine_id, "an id not registered yet")
         engine = Engine(spec, Lifecycle(spec.engine_id, initial=spec.initial))
         self.engines[spec.engine_id] = engine
+        for dev in spec.devices:
+            self._by_gpu.setdefault(dev.key, []).append(engine)
         await self.recorder.emit(
             EngineRegistered,
             engine_id=spec.engine_id,
@@ -217,12 +232,17 @@ class Orchestrator:
             await self._call(
                 eng, "release", eng.spec.adapter.release, _tags(tags), detail=_tag_text(tags)
             )
+            self.nudges.nudge(_keys(eng))  # memory on these GPUs may just have moved
             limit = eng.spec.release_limit_bytes or self.config.default_release_limit_bytes
             pids = self._pids_of(eng)
             result = await self._gate(
                 eng,
                 ReleaseCondition(
-                    eng.spec.devices, lambda: pids, limit, self.config.release_unmeasured
+                    eng.spec.devices,
+                    lambda: pids,
+                    limit,
+                    self.config.release_unmeasured,
+                    self.pid_namespace,
                 ),
                 self.config.release_gate,
             )
@@ -236,21 +256,37 @@ class Orchestrator:
 
     async def wake(self, engine_id: str, tags: Sequence[str] | None = None) -> None:
         """slept -> gated -> [whole-GPU residual gate] -> waking -> [resume check] -> active."""
-        eng = self.engine(engine_id)
-        await self._fire(eng, Trigger.REQUEST_WAKE)  # a second wake is refused right here
+        await self.wake_many([engine_id], tags)
+
+    async def wake_many(self, engine_ids: Iterable[str], tags: Sequence[str] | None = None) -> None:
+        """Wake a group together: one gate over all of their GPUs, opened for all at once.
+
+        All-or-nothing admission: two pipelines expanding onto the same shared GPUs can never
+        each take half and wait for the other's half. A second wake of any member (already
+        gated, waking or active) is refused before any state changes or engine call. After
+        the gate, the members resume concurrently; the first failure cancels the rest.
+        """
+        group = [self.engine(i) for i in dict.fromkeys(engine_ids)]
+        for eng in group:  # all legal, or nothing changes
+            if not eng.lifecycle.can(Trigger.REQUEST_WAKE):
+                raise IllegalTransition(eng.id, eng.state.value, Trigger.REQUEST_WAKE.value)
+        for eng in group:
+            await self._emit_transition(eng, eng.lifecycle.fire(Trigger.REQUEST_WAKE))
         try:
-            result = await self._wake_gate(eng)
+            result = await self._wake_gate(group)
         except BaseException as exc:
-            await self._leave_gated(eng, exc)
+            for eng in group:
+                await self._leave_gated(eng, exc)
             raise
+        # No await between the final blocker check (in _wake_gate) and these triggers.
+        reason = "FAIL-OPEN: gate opened unmeasured" if result.fail_open else None
+        steps = [eng.lifecycle.fire(Trigger.GATE_OPEN, reason=reason) for eng in group]
+        for eng, step in zip(group, steps, strict=True):
+            await self._emit_transition(eng, step)
+        await all_or_first_error([partial(self._resume, eng, tags) for eng in group])
+
+    async def _resume(self, eng: Engine, tags: Sequence[str] | None) -> None:
         try:
-            await self._emit_transition(
-                eng,
-                eng.lifecycle.fire(
-                    Trigger.GATE_OPEN,
-                    reason="FAIL-OPEN: gate opened unmeasured" if result.fail_open else None,
-                ),
-            )
             await self._call(
                 eng, "resume", eng.spec.adapter.resume, _tags(tags), detail=_tag_text(tags)
             )
@@ -264,6 +300,7 @@ class Orchestrator:
                         eng.resident_before,
                         eng.spec.resume_fraction,
                         self.config.resume_unmeasured,
+                        self.pid_namespace,
                     ),
                     self.config.resume_gate,
                 )
@@ -273,41 +310,79 @@ class Orchestrator:
             await self._fail_after(eng, exc, "wake")
             raise
 
-    async def _wake_gate(self, eng: Engine) -> GateResult:
+    async def _wake_gate(self, group: list[Engine]) -> GateResult:
         policy = self.config.wake_gate
         started = self.clock.now()
+        devices = tuple({d.key: d for e in group for d in e.spec.devices}.values())
+        need = [e.spec.need_free_bytes for e in group if e.spec.need_free_bytes is not None]
+
+        def blockers() -> list[str]:
+            return [b for e in group for b in self.blockers(e.id)]
+
         while True:
-            result = await self._gate(
-                eng,
+            result = await self._gate_over(
+                group,
+                devices,
                 WakeCondition(
-                    eng.spec.devices,
-                    self.config.threshold_bytes,
-                    eng.spec.need_free_bytes,
-                    blockers=lambda: self.blockers(eng.id),
+                    devices, self.config.threshold_bytes, max(need, default=None), blockers=blockers
                 ),
                 policy,
             )
-            # The check and the gate_open trigger run with no await between them, so two
+            # The final check: the caller fires gate_open with no await in between, so two
             # engines gated on one GPU cannot both open on the same low reading.
-            if result.fail_open or not self.blockers(eng.id):
-                return result
+            if result.fail_open or not blockers():
+                break
             left = self.config.wake_gate.deadline_s - (self.clock.now() - started)
             policy = dataclasses.replace(policy, deadline_s=max(left, policy.poll_min_s))
+        if len(group) > 1 and result.verdict is not None and result.last_round is not None:
+            await self._member_decisions(group, result)
+        return result
+
+    async def _member_decisions(self, group: list[Engine], result: GateResult) -> None:
+        """A group gate opened: each member gets its own opened decision (its GPUs' readings
+        from the same settled rounds), so every engine's wake is justified in the log."""
+        assert result.last_round is not None
+        for eng in group:
+            verdict = WakeCondition(eng.spec.devices, self.config.threshold_bytes).evaluate(
+                result.last_round
+            )
+            await self.recorder.emit(
+                GateDecision,
+                engine_id=eng.id,
+                pipeline_id=eng.spec.pipeline_id,
+                gpus=_keys(eng),
+                gate="wake",
+                passed=bool(verdict.passed),
+                opened=True,
+                observed_bytes=verdict.observed,
+                limit_bytes=verdict.limit,
+                settle_count=self.config.wake_gate.settle_samples,
+                settle_required=self.config.wake_gate.settle_samples,
+                attempt=result.attempts,
+                elapsed_s=result.elapsed_s,
+                detail=f"group gate of {', '.join(e.id for e in group)}: {verdict.detail}",
+            )
 
     def blockers(self, engine_id: str) -> list[str]:
         """Engines that must not be awake on ``engine_id``'s GPUs while it wakes."""
         me = self.engine(engine_id)
-        mine = {d.key for d in me.spec.devices}
         out = []
-        for other in self.engines.values():
-            if other is me or other.state not in _OCCUPYING:
+        for other in self._neighbours(me):
+            if other.state not in _OCCUPYING:
                 continue
             if me.spec.share_group and other.spec.share_group == me.spec.share_group:
                 continue
-            shared = mine.intersection(d.key for d in other.spec.devices)
-            if shared:
-                out.append(f"{other.id} ({other.state.value})")
+            out.append(f"{other.id} ({other.state.value})")
         return out
+
+    def _neighbours(self, me: Engine) -> list[Engine]:
+        """Other engines sharing a GPU with ``me``, each once, in registration order."""
+        seen: dict[str, Engine] = {}
+        for dev in me.spec.devices:
+            for other in self._by_gpu.get(dev.key, ()):
+                if other is not me:
+                    seen.setdefault(other.id, other)
+        return list(seen.values())
 
     # --- group operations -------------------------------------------------------------------
 
@@ -316,9 +391,6 @@ class Orchestrator:
     ) -> None:
         """Release concurrently; the first failure cancels the rest and is re-raised."""
         await all_or_first_error([partial(self.release, i, tags) for i in engine_ids])
-
-    async def wake_many(self, engine_ids: Iterable[str], tags: Sequence[str] | None = None) -> None:
-        await all_or_first_error([partial(self.wake, i, tags) for i in engine_ids])
 
     async def recover(self, engine_id: str, evidence: Evidence) -> None:
         """failed -> slept | active, only with explicit evidence (kept in the event log)."""
@@ -333,6 +405,8 @@ class Orchestrator:
 
     async def _emit_transition(self, eng: Engine, step: Any, evidence: str | None = None) -> None:
         eng.history.append(step.dst.value)
+        if step.dst in (State.SLEPT, State.FAILED):
+            self.nudges.nudge(_keys(eng))  # memory or a blocker on these GPUs may have gone
         with anyio.CancelScope(shield=True):  # the log must record every transition made
             await self.recorder.emit(
                 Transition,
@@ -414,28 +488,44 @@ class Orchestrator:
         )
 
     async def _gate(self, eng: Engine, condition: Any, policy: GatePolicy) -> GateResult:
-        ctx = GateContext(
-            engine_id=eng.id,
-            pipeline_id=eng.spec.pipeline_id,
-            report=lambda rnd: self._report(eng, rnd, f"{condition.gate}_timeout"),
-        )
-        return await run_gate(
-            condition,
-            devices=eng.spec.devices,
-            probe=self.probe,
-            policy=policy,
-            clock=self.clock,
-            recorder=self.recorder,
-            ctx=ctx,
-        )
+        return await self._gate_over([eng], eng.spec.devices, condition, policy)
 
-    def _pids_of(self, eng: Engine) -> frozenset[int]:
+    async def _gate_over(
+        self,
+        group: list[Engine],
+        devices: tuple[GpuDevice, ...],
+        condition: Any,
+        policy: GatePolicy,
+    ) -> GateResult:
+        """Run one gate for ``group`` (its events name the engine when there is one)."""
+        first = group[0]
+        with self.nudges.watch(d.key for d in devices) as nudge:
+            ctx = GateContext(
+                nudge=nudge,
+                engine_id=first.id if len(group) == 1 else None,
+                pipeline_id=first.spec.pipeline_id,
+                report=lambda rnd: self._report(first, rnd, f"{condition.gate}_timeout"),
+            )
+            return await run_gate(
+                condition,
+                devices=devices,
+                probe=self.probe,
+                policy=policy,
+                clock=self.clock,
+                recorder=self.recorder,
+                ctx=ctx,
+            )
+
+    def _pids_of(self, eng: Engine, table: ProcessTable | None = None) -> frozenset[int]:
         if eng.spec.pids is not None:
             return eng.spec.pids()
         root = eng.spec.adapter.process_root
         if root is None:
             return frozenset()
-        return ProcessTable.snapshot(self.config.proc_root).tree(root)
+        return (table or self._table()).tree(root)
+
+    def _table(self) -> ProcessTable:
+        return ProcessTable.snapshot(self.config.proc_root)
 
     async def _resident_now(self, eng: Engine) -> int | None:
         """The engine's resident bytes now (max per GPU): a diagnostic, never fatal."""
@@ -444,7 +534,8 @@ class Orchestrator:
                 rnd = await self.probe.probe(eng.spec.devices)
         except (ProbeError, TimeoutError):
             return None
-        values = [v for v in resident_by_gpu(rnd, self._pids_of(eng)).values() if v is not None]
+        by_gpu = resident_by_gpu(rnd, self._pids_of(eng), pid_namespace=self.pid_namespace)
+        values = [v for v in by_gpu.values() if v is not None]
         return max(values) if values else None
 
     async def _report(
@@ -453,15 +544,14 @@ class Orchestrator:
         """An attribution report for ``eng``'s GPUs as an event (and returned)."""
         if rnd is None:
             return None
-        trees = {
-            e.id: self._pids_of(e)
-            for e in self.engines.values()
-            if {d.key for d in e.spec.devices} & {d.key for d in eng.spec.devices}
-        }
-        report = attribute(rnd, trees)
-        fields = report.to_event_fields()
-        mine = resident_by_gpu(rnd, trees.get(eng.id, frozenset()))
-        fields["engine_resident_bytes"] = tuple(mine.get(m.device.key) for m in rnd.memory)
+        engines = (eng, *self._neighbours(eng))
+        # One /proc walk, and only when some engine is a real process tree (simulated
+        # engines name their pids themselves: their fake pids mean nothing in /proc).
+        real = any(e.spec.pids is None and e.spec.adapter.process_root for e in engines)
+        table = self._table() if real else None
+        trees = {e.id: self._pids_of(e, table) for e in engines}
+        report = attribute(rnd, trees, pid_namespace=self.pid_namespace, table=table)
+        fields = report.to_event_fields(engine_id=eng.id)
         await self.recorder.emit(
             AttributionReport,
             engine_id=eng.id,
@@ -471,6 +561,10 @@ class Orchestrator:
             **fields,
         )
         return report
+
+
+def _keys(eng: Engine) -> tuple[str, ...]:
+    return tuple(d.key for d in eng.spec.devices)
 
 
 def _tags(tags: Sequence[str] | None) -> list[str] | None:

@@ -78,7 +78,7 @@ def parse_gpu_list(name: str, raw: str, gpu_count: int) -> tuple[int, ...]:
         raise ConfigError(name, raw, accepted)
     ids = []
     for part in parts:
-        if not part.isdigit():
+        if not (part.isascii() and part.isdigit()):
             raise ConfigError(name, raw, accepted)
         value = int(part)
         if value >= gpu_count:

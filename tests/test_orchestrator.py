@@ -105,6 +105,7 @@ async def world() -> AsyncIterator[World]:
         release_gate=GatePolicy(deadline_s=2.0),
         resume_gate=GatePolicy(deadline_s=2.0, settle_samples=1),
         call_timeout_s=3.0,
+        pid_namespace=gpus.pid_namespace,
     )
     orch = Orchestrator(probe=FakeBackend(gpus), recorder=rec, config=config, clock=clock)
 

@@ -7,6 +7,14 @@ httpx / OS errors at this boundary). Nothing here retries a call that is not ide
 
 Release:  prepare_release() -> release(tags)          (then the orchestrator's release gate)
 Wake:     (the orchestrator's wake gate) -> resume(tags) -> finish_wake()
+
+Errors: ``EngineCallTimeout`` (no answer in time), ``EngineUnreachable`` (refused, dropped,
+process dead), plain ``EngineError`` (the engine answered with a failure, e.g. HTTP 4xx/5xx,
+with the status and a body excerpt); bad arguments (malformed tags) are ``ConfigError`` raised
+before any engine call. Every adapter also has an ``engine_id`` attribute, the id its errors
+carry. Implementations: ``sglang.SGLangAdapter``, ``vllm.VLLMAdapter``,
+``trainer.TrainerAdapter``, ``sim.SimEngine`` (in-process, memory in a FakeGpus ledger) and
+``sim_server`` (a simulated SGLang/vLLM server as a real process tree).
 """
 
 from __future__ import annotations
@@ -25,11 +33,13 @@ class EngineAdapter(Protocol):
         ...
 
     async def prepare_release(self, drain_timeout_s: float) -> None:
-        """Stop admission, abort/drain running requests (bounded), pause generation."""
+        """Stop admission, abort/drain running requests (bounded by ``drain_timeout_s``),
+        pause generation."""
         ...
 
     async def release(self, tags: Sequence[str] | None) -> None:
-        """Ask the engine to release GPU memory (None = everything)."""
+        """Ask the engine to release GPU memory (None = everything). Returning is no proof
+        that memory was freed: the orchestrator's release gate measures it."""
         ...
 
     async def resume(self, tags: Sequence[str] | None) -> None:

@@ -47,6 +47,8 @@ class Pipeline:
         return tuple(self.engine_ids[i] for i in self.topology.engines_on(self.shrink_gpus))
 
     async def run(self, steps: int) -> None:
+        mine = (*self.engine_ids, self.trainer_id)
+        await self.view.wait_until(lambda v: all(e in v.engines for e in mine))
         try:
             for step in range(1, steps + 1):
                 await self.step(step)

@@ -36,7 +36,7 @@ class RunView:
     engines: dict[str, EngineView] = field(default_factory=dict)
     phases: dict[str, tuple[int, str]] = field(default_factory=dict)  # pipeline -> (step, phase)
     events_seen: int = 0
-    _changed: anyio.Event = field(default_factory=anyio.Event)
+    _changed: anyio.Event | None = None  # created only while someone waits
 
     def apply(self, event: Event) -> None:
         self.events_seen += 1
@@ -57,8 +57,9 @@ class RunView:
                 ev.gate_detail = event.detail
         elif isinstance(event, PhaseChanged):
             self.phases[event.pipeline_id or ""] = (event.step, event.phase)
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def states_on(self, gpus: set[str], pipeline: str | None = None) -> dict[str, str]:
         return {
@@ -69,6 +70,8 @@ class RunView:
 
     async def wait_until(self, predicate: Callable[[RunView], bool]) -> None:
         while not predicate(self):
+            if self._changed is None:
+                self._changed = anyio.Event()
             await self._changed.wait()
 
     async def follow(

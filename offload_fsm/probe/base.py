@@ -8,7 +8,7 @@ never mixes samples taken at different times.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 GIB = 1024**3
@@ -26,9 +26,11 @@ class GpuDevice:
     total_bytes: int | None = None
     node: str | None = None  # set for GPUs on other Ray nodes
 
-    @property
-    def key(self) -> str:
-        return f"{self.node}/{self.uuid}" if self.node else self.uuid
+    key: str = field(init=False, repr=False, compare=False)  # node-qualified uuid
+
+    def __post_init__(self) -> None:
+        # Computed once: keys are compared on every probe round and gate decision.
+        object.__setattr__(self, "key", f"{self.node}/{self.uuid}" if self.node else self.uuid)
 
     def label(self) -> str:
         """Short human label: ``gpu0`` or ``node-a/gpu0``."""
@@ -57,6 +59,15 @@ class GpuProcess:
 
 
 @dataclass(frozen=True, slots=True)
+class UnplacedProcess:
+    """A compute process whose GPU is not known (legacy nvidia-smi query): usage summed over
+    every GPU it uses."""
+
+    pid: int
+    used_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeRound:
     """Everything one probe round saw, for the devices asked about (in that order)."""
 
@@ -68,6 +79,11 @@ class ProbeRound:
     # attribution is then unknown, whole-device figures stay valid.
     per_gpu_processes: bool = True
     notes: tuple[str, ...] = ()  # degradations worth saying: "v1 memory semantics", ...
+    # Device keys whose process list the driver would not give (NotSupported/NoPermission):
+    # per-process figures there are unknown, whole-device figures stay valid.
+    unknown_processes: tuple[str, ...] = ()
+    # Processes that could not be placed on a GPU (only when ``per_gpu_processes`` is False).
+    unplaced: tuple[UnplacedProcess, ...] = ()
 
     def memory_of(self, device: GpuDevice) -> DeviceMemory:
         for mem in self.memory:
@@ -77,6 +93,14 @@ class ProbeRound:
 
     def processes_on(self, device: GpuDevice) -> tuple[GpuProcess, ...]:
         return tuple(p for p in self.processes if p.device.key == device.key)
+
+    def processes_known(self, device: GpuDevice) -> bool:
+        """Whether ``processes_on(device)`` is the full list (else per-process is unknown)."""
+        return self.per_gpu_processes and device.key not in self.unknown_processes
+
+    @property
+    def devices(self) -> tuple[GpuDevice, ...]:
+        return tuple(m.device for m in self.memory)
 
 
 @runtime_checkable

@@ -3,16 +3,38 @@
 :class:`FakeGpus` is the ledger (which pid holds how many bytes on which device, plus a
 driver reserve per device); simulated engines move memory in it and probes read it.
 :class:`FakeBackend` answers probe rounds from it.
+
+Scripted behaviour, all on the ledger's (usually virtual) clock:
+
+- timelines: :meth:`FakeGpus.ramp` / :meth:`FakeGpus.step` / :meth:`FakeGpus.schedule` move a
+  pid's usage over time (co-tenants arriving and leaving: :meth:`FakeGpus.cotenant`);
+- releases that complete late or slowly: :meth:`FakeGpus.slow_release` turns every later
+  decrease of a pid's usage (``set_usage``) into a delayed ramp;
+- memory that never comes back: :meth:`FakeGpus.hold` puts a floor under a pid's usage;
+- None usage (:meth:`FakeGpus.hide_usage`), process lists the driver will not give
+  (:meth:`FakeGpus.hide_processes`), host PIDs seen from a container
+  (:meth:`FakeGpus.foreign_pids`), heterogeneous models (:meth:`FakeGpus.from_specs`);
+- NVML-style errors and hangs at chosen polls: :meth:`FakeBackend.inject` with a
+  :class:`Fault`. Errors are the ones the NVML backend raises after mapping.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import bisect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from offload_fsm.clock import Clock, RealClock
-from offload_fsm.errors import DeviceIdError
+from offload_fsm.errors import (
+    BackendUnavailable,
+    DeviceIdError,
+    DeviceUnhealthy,
+    TransientProbeError,
+)
 from offload_fsm.probe.base import GIB, DeviceMemory, GpuDevice, GpuProcess, ProbeRound
+
+DeviceRef = int | str | GpuDevice
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +48,13 @@ def make_devices(
     count: int, spec: FakeDeviceSpec | None = None, node: str | None = None
 ) -> tuple[GpuDevice, ...]:
     spec = spec or FakeDeviceSpec()
+    return make_mixed_devices([spec] * count, node=node)
+
+
+def make_mixed_devices(
+    specs: Sequence[FakeDeviceSpec], node: str | None = None
+) -> tuple[GpuDevice, ...]:
+    """One device per spec, in PCI (index) order: a machine with mixed GPU models."""
     tag = f"{node}-" if node else ""
     return tuple(
         GpuDevice(
@@ -36,104 +65,387 @@ def make_devices(
             total_bytes=spec.total_bytes,
             node=node,
         )
-        for i in range(count)
+        for i, spec in enumerate(specs)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Timeline:
+    """Piecewise-linear usage over absolute clock time; constant outside the keyframes."""
+
+    times: tuple[float, ...]
+    values: tuple[int, ...]
+
+    def at(self, t: float) -> int:
+        i = bisect.bisect_right(self.times, t)
+        if i == 0:
+            return self.values[0]
+        if i == len(self.times):
+            return self.values[-1]
+        t0, t1 = self.times[i - 1], self.times[i]
+        v0, v1 = self.values[i - 1], self.values[i]
+        return int(v0 + (v1 - v0) * (t - t0) / (t1 - t0))
+
+    @property
+    def end(self) -> float:
+        return self.times[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class _SlowRelease:
+    delay_s: float
+    over_s: float
 
 
 class FakeGpus:
     """The ledger of a simulated machine's GPU memory."""
 
-    def __init__(self, devices: Sequence[GpuDevice], clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        devices: Sequence[GpuDevice],
+        clock: Clock | None = None,
+        *,
+        reserved_bytes: int | Mapping[str, int] = 0,
+    ) -> None:
         if not devices:
             raise ValueError("a fake machine needs at least one device")
         self.devices = tuple(devices)
+        self._index: dict[int | str, GpuDevice] = {}
+        for dev in self.devices:
+            for ref in (dev.index, dev.uuid, dev.key):
+                self._index.setdefault(ref, dev)
         self.clock: Clock = clock or RealClock()
         self._usage: dict[tuple[int, str], int] = {}  # (pid, device key) -> bytes
+        self._timelines: dict[tuple[int, str], _Timeline] = {}
+        self._floors: dict[tuple[int, str], int] = {}
+        self._slow: dict[int, _SlowRelease] = {}
         self._unknown: set[int] = set()  # pids whose usage the "driver" will not report
-        self._sources: list[Callable[[], Iterable[tuple[int, str, int]]]] = []
+        self._hidden_lists: set[str] = set()  # device keys whose process list is unknown
+        self._pid_offset = 0
+        self._sources: list[
+            tuple[Callable[[], Iterable[tuple[int, str, int]]], frozenset[str] | None]
+        ] = []
+        if isinstance(reserved_bytes, int):
+            self._reserved = {d.key: reserved_bytes for d in self.devices}
+        else:
+            self._reserved = {self.device(k).key: v for k, v in reserved_bytes.items()}
 
-    def add_source(self, source: Callable[[], Iterable[tuple[int, str, int]]]) -> None:
+    @classmethod
+    def from_specs(
+        cls, specs: Sequence[FakeDeviceSpec], clock: Clock | None = None, node: str | None = None
+    ) -> FakeGpus:
+        """A machine with one device per spec (models, totals and reserves may differ)."""
+        devices = make_mixed_devices(specs, node=node)
+        reserved = {d.key: s.reserved_bytes for d, s in zip(devices, specs, strict=True)}
+        return cls(devices, clock, reserved_bytes=reserved)
+
+    # --- ledger ------------------------------------------------------------------------
+
+    def add_source(
+        self,
+        source: Callable[[], Iterable[tuple[int, str, int]]],
+        devices: Iterable[DeviceRef] | None = None,
+    ) -> None:
         """Extra usage read at every snapshot: ``(pid, device key, bytes)`` rows, e.g. from
-        simulated engine processes that keep their ledger in files."""
-        self._sources.append(source)
+        simulated engine processes that keep their ledger in files. ``devices``: the only
+        devices its rows name (snapshots of other devices then skip it); None: any."""
+        keys = None if devices is None else frozenset(self.device(d).key for d in devices)
+        self._sources.append((source, keys))
 
-    def _entries(self) -> dict[tuple[int, str], int]:
+    def _settle_timelines(self, now: float) -> None:
+        """Fold timelines into the plain ledger (finished ones are dropped)."""
+        for entry, line in list(self._timelines.items()):
+            value = line.at(now)
+            self._store(entry, value)
+            if now >= line.end:
+                del self._timelines[entry]
+
+    def _store(self, entry: tuple[int, str], nbytes: int) -> None:
+        nbytes = max(nbytes, self._floors.get(entry, 0))
+        if nbytes == 0:
+            self._usage.pop(entry, None)
+        else:
+            self._usage[entry] = nbytes
+
+    def _entries(self, keys: AbstractSet[str] | None = None) -> dict[tuple[int, str], int]:
+        if self._timelines:
+            self._settle_timelines(self.clock.now())
         if not self._sources:
             return self._usage
         merged = dict(self._usage)
-        for source in self._sources:
+        for source, only in self._sources:
+            if keys is not None and only is not None and keys.isdisjoint(only):
+                continue
             for pid, key, nbytes in source():
                 if nbytes > 0:
                     merged[(pid, key)] = merged.get((pid, key), 0) + nbytes
         return merged
 
-    def device(self, ref: int | str | GpuDevice) -> GpuDevice:
+    def device(self, ref: DeviceRef) -> GpuDevice:
         if isinstance(ref, GpuDevice):
             ref = ref.key
-        for dev in self.devices:
-            if ref in (dev.index, dev.uuid, dev.key):
-                return dev
+        dev = self._index.get(ref)
+        if dev is not None:
+            return dev
         raise DeviceIdError(f"fake GPU {ref!r} does not exist (have {len(self.devices)})")
 
-    def set_usage(self, pid: int, device: int | str | GpuDevice, nbytes: int) -> None:
-        """``pid`` now holds ``nbytes`` on ``device`` (0 removes the process there)."""
+    def set_usage(self, pid: int, device: DeviceRef, nbytes: int) -> None:
+        """``pid`` now holds ``nbytes`` on ``device`` (0 removes the process there).
+
+        A decrease of a pid under :meth:`slow_release` becomes a delayed ramp instead; a
+        pid under :meth:`hold` never drops below its floor.
+        """
         dev = self.device(device)
         if nbytes < 0:
             raise ValueError(f"usage cannot be negative: {nbytes}")
-        if nbytes == 0:
-            self._usage.pop((pid, dev.key), None)
-        else:
-            self._usage[(pid, dev.key)] = nbytes
+        entry = (pid, dev.key)
+        slow = self._slow.get(pid)
+        current = self.usage(pid, dev)
+        if slow is not None and nbytes < current:
+            self._ramp_entry(entry, current, nbytes, slow.over_s, slow.delay_s)
+            return
+        self._timelines.pop(entry, None)
+        self._store(entry, nbytes)
 
-    def usage(self, pid: int, device: int | str | GpuDevice) -> int:
-        return self._usage.get((pid, self.device(device).key), 0)
+    def usage(self, pid: int, device: DeviceRef) -> int:
+        entry = (pid, self.device(device).key)
+        if self._timelines:
+            self._settle_timelines(self.clock.now())
+        return self._usage.get(entry, 0)
 
-    def used(self, device: int | str | GpuDevice) -> int:
+    def used(self, device: DeviceRef) -> int:
         key = self.device(device).key
         return sum(b for (_, k), b in self._entries().items() if k == key)
+
+    def reserved(self, device: DeviceRef) -> int:
+        return self._reserved.get(self.device(device).key, 0)
+
+    # --- scripted timelines --------------------------------------------------------------
+
+    def schedule(self, pid: int, device: DeviceRef, keyframes: Sequence[tuple[float, int]]) -> None:
+        """Usage of ``pid`` on ``device`` follows ``(seconds from now, bytes)`` keyframes,
+        linearly in between, holding the current usage until the first keyframe and the
+        last keyframe's bytes after it. Two keyframes at one time make a step."""
+        dev = self.device(device)
+        if not keyframes:
+            raise ValueError("a schedule needs at least one keyframe")
+        now = self.clock.now()
+        times = [now + keyframes[0][0]]
+        values = [self.usage(pid, dev)]  # held until the first keyframe
+        for offset, nbytes in keyframes:
+            if offset < 0 or nbytes < 0:
+                raise ValueError(f"keyframe ({offset}, {nbytes}) must not be negative")
+            if now + offset < times[-1]:
+                raise ValueError("keyframes must be in time order")
+            times.append(now + offset)
+            values.append(nbytes)
+        self._set_timeline((pid, dev.key), times, values)
+
+    def ramp(
+        self, pid: int, device: DeviceRef, nbytes: int, over_s: float, *, after_s: float = 0.0
+    ) -> None:
+        """Hold the current usage for ``after_s``, then move linearly to ``nbytes`` over
+        ``over_s`` (a slow release, or a slow allocation)."""
+        dev = self.device(device)
+        self._ramp_entry((pid, dev.key), self.usage(pid, dev), nbytes, over_s, after_s)
+
+    def step(self, pid: int, device: DeviceRef, nbytes: int, *, after_s: float) -> None:
+        """Usage jumps to ``nbytes`` after ``after_s`` (a release that completes late)."""
+        self.ramp(pid, device, nbytes, 0.0, after_s=after_s)
+
+    def cotenant(
+        self,
+        pid: int,
+        device: DeviceRef,
+        nbytes: int,
+        *,
+        arrive_s: float = 0.0,
+        leave_s: float | None = None,
+    ) -> None:
+        """A foreign process that appears after ``arrive_s`` (and leaves after ``leave_s``)."""
+        frames = [(arrive_s, 0), (arrive_s, nbytes)]
+        if leave_s is not None:
+            if leave_s < arrive_s:
+                raise ValueError(f"co-tenant leaves ({leave_s}) before it arrives ({arrive_s})")
+            frames += [(leave_s, nbytes), (leave_s, 0)]
+        self.schedule(pid, device, frames)
+
+    def _ramp_entry(
+        self, entry: tuple[int, str], start: int, nbytes: int, over_s: float, after_s: float
+    ) -> None:
+        if nbytes < 0 or over_s < 0 or after_s < 0:
+            raise ValueError(f"ramp to {nbytes} over {over_s} s after {after_s} s is invalid")
+        t0 = self.clock.now() + after_s
+        self._set_timeline(entry, [t0, t0 + over_s], [start, nbytes])
+
+    def _set_timeline(self, entry: tuple[int, str], times: list[float], values: list[int]) -> None:
+        # Equal times make a step: ``_Timeline.at`` takes the last value at a repeated time.
+        self._timelines[entry] = _Timeline(tuple(times), tuple(values))
+        self._settle_timelines(self.clock.now())
+
+    def slow_release(self, pid: int, *, delay_s: float = 0.0, over_s: float = 0.0) -> None:
+        """From now on, every decrease of ``pid``'s usage (``set_usage``) starts ``delay_s``
+        late and takes ``over_s``: a release call that returns before the driver frees."""
+        if delay_s < 0 or over_s < 0:
+            raise ValueError(f"slow release needs non-negative times, got {delay_s}, {over_s}")
+        self._slow[pid] = _SlowRelease(delay_s, over_s)
+
+    def hold(self, pid: int, device: DeviceRef, nbytes: int | None = None) -> None:
+        """``pid``'s usage on ``device`` never drops below ``nbytes`` (default: what it holds
+        now): memory that never comes back, e.g. an engine started without a memory saver."""
+        dev = self.device(device)
+        floor = self.usage(pid, dev) if nbytes is None else nbytes
+        if floor < 0:
+            raise ValueError(f"a floor cannot be negative: {floor}")
+        self._floors[(pid, dev.key)] = floor
+        self._store((pid, dev.key), self._usage.get((pid, dev.key), 0))
+
+    # --- what the "driver" will not say ------------------------------------------------------
 
     def hide_usage(self, pid: int, hidden: bool = True) -> None:
         """Report ``pid``'s per-process usage as unknown (None), as some drivers do."""
         (self._unknown.add if hidden else self._unknown.discard)(pid)
 
+    def hide_processes(self, device: DeviceRef, hidden: bool = True) -> None:
+        """The process list of ``device`` cannot be read (NotSupported / NoPermission)."""
+        key = self.device(device).key
+        (self._hidden_lists.add if hidden else self._hidden_lists.discard)(key)
+
+    def foreign_pids(self, offset: int) -> None:
+        """Report every pid as ``pid + offset``: host PIDs seen from a container's own PID
+        namespace (0 turns it off). Pair it with ``pid_namespace="foreign"``."""
+        if offset < 0:
+            raise ValueError(f"a pid offset cannot be negative: {offset}")
+        self._pid_offset = offset
+
+    @property
+    def pid_namespace(self) -> str:
+        """What :func:`offload_fsm.probe.attribution.detect_pid_namespace` would say."""
+        return "foreign" if self._pid_offset else "host"
+
+    # --- reading -----------------------------------------------------------------------------
+
     def snapshot(self, devices: Sequence[GpuDevice]) -> ProbeRound:
         memory = []
         processes = []
-        entries = self._entries()
+        by_device: dict[str, list[tuple[int, int]]] = {}
+        wanted = {d.key for d in devices}
+        for (pid, key), nbytes in sorted(self._entries(wanted).items()):
+            by_device.setdefault(key, []).append((pid, nbytes))
         for dev in devices:
-            used = sum(b for (_, k), b in entries.items() if k == dev.key)
+            rows = by_device.get(dev.key, [])
+            used = sum(nbytes for _, nbytes in rows)
+            reserved = self._reserved.get(dev.key, 0)
             total = dev.total_bytes
             memory.append(
                 DeviceMemory(
                     device=dev,
                     total_bytes=total,
                     used_bytes=used,
-                    free_bytes=None if total is None else max(0, total - used),
-                    reserved_bytes=0,
+                    free_bytes=None if total is None else max(0, total - reserved - used),
+                    reserved_bytes=reserved,
                 )
             )
-            for (pid, key), nbytes in sorted(entries.items()):
-                if key == dev.key:
-                    shown = None if pid in self._unknown else nbytes
-                    processes.append(GpuProcess(device=dev, pid=pid, used_bytes=shown))
-        return ProbeRound("fake", self.clock.now(), tuple(memory), tuple(processes))
+            if dev.key in self._hidden_lists:
+                continue
+            for pid, nbytes in rows:
+                shown = None if pid in self._unknown else nbytes
+                processes.append(
+                    GpuProcess(device=dev, pid=pid + self._pid_offset, used_bytes=shown)
+                )
+        unknown = tuple(d.key for d in devices if d.key in self._hidden_lists)
+        return ProbeRound(
+            "fake",
+            self.clock.now(),
+            tuple(memory),
+            tuple(processes),
+            unknown_processes=unknown,
+        )
+
+
+# --- faults ----------------------------------------------------------------------------------
+
+_TRANSIENT = ("Timeout", "Unknown Error", "Insufficient Size")
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """What goes wrong at one poll. Build with the class methods."""
+
+    kind: str  # "transient" | "lost" | "reset" | "unavailable" | "hang"
+    detail: str = ""
+    seconds: float = 0.0
+
+    @classmethod
+    def transient(cls, nvml_error: str = "Timeout") -> Fault:
+        """An NVML Timeout / Unknown Error / Insufficient Size: retried by the retry layer."""
+        if nvml_error not in _TRANSIENT:
+            raise ValueError(f"{nvml_error!r} is not a transient NVML error ({_TRANSIENT})")
+        return cls("transient", nvml_error)
+
+    @classmethod
+    def gpu_lost(cls, device: str = "") -> Fault:
+        return cls("lost", device)
+
+    @classmethod
+    def reset_required(cls, device: str = "") -> Fault:
+        return cls("reset", device)
+
+    @classmethod
+    def unavailable(cls, why: str = "NVML Shared Library Not Found") -> Fault:
+        return cls("unavailable", why)
+
+    @classmethod
+    def hang(cls, seconds: float) -> Fault:
+        """The round blocks ``seconds`` on the ledger's clock, then answers."""
+        if seconds < 0:
+            raise ValueError(f"a hang cannot be negative: {seconds}")
+        return cls("hang", seconds=seconds)
 
 
 class FakeBackend:
-    """Probe backend over a :class:`FakeGpus` ledger."""
+    """Probe backend over a :class:`FakeGpus` ledger, with faults injected at chosen polls."""
 
     name = "fake"
 
-    def __init__(self, gpus: FakeGpus) -> None:
+    def __init__(self, gpus: FakeGpus, *, faults: Mapping[int, Fault] | None = None) -> None:
         self.gpus = gpus
-        self.rounds = 0
+        self.rounds = 0  # probe() calls so far; poll n is the n-th call (1-based)
+        self._faults: dict[int, Fault] = dict(faults or {})
+        self.closed = False
+
+    def inject(self, poll: int, fault: Fault) -> None:
+        """Make the ``poll``-th probe() call (1-based, counting every call) fail/hang."""
+        if poll <= self.rounds:
+            raise ValueError(f"poll {poll} has already happened (at {self.rounds})")
+        self._faults[poll] = fault
 
     async def devices(self) -> tuple[GpuDevice, ...]:
         return self.gpus.devices
 
     async def probe(self, devices: Sequence[GpuDevice]) -> ProbeRound:
         self.rounds += 1
+        fault = self._faults.pop(self.rounds, None)
+        if fault is not None:
+            await self._apply(fault, devices)
+        for dev in devices:
+            self.gpus.device(dev)  # unknown devices are an error, as with NVML
         return self.gpus.snapshot(devices)
 
+    async def _apply(self, fault: Fault, devices: Sequence[GpuDevice]) -> None:
+        where = f"(injected at poll {self.rounds})"
+        if fault.kind == "hang":
+            await self.gpus.clock.sleep(fault.seconds)
+            return
+        if fault.kind == "transient":
+            raise TransientProbeError(f"NVML: {fault.detail} {where}")
+        if fault.kind in ("lost", "reset"):
+            label = fault.detail or (devices[0].label() if devices else "gpu?")
+            what = "GPU is lost" if fault.kind == "lost" else "GPU requires restart"
+            raise DeviceUnhealthy(f"{label}: NVML: {what} {where}")
+        if fault.kind == "unavailable":
+            raise BackendUnavailable(f"NVML: {fault.detail} {where}")
+        raise ValueError(f"unknown fault kind {fault.kind!r}")
+
     async def aclose(self) -> None:
-        return None
+        self.closed = True

@@ -1,0 +1,172 @@
+"""HTTP plumbing shared by the engine adapters: one client, one error mapping.
+
+Every httpx failure is mapped here, at the boundary, into the project's error tree:
+
+    httpx.TimeoutException (connect/read/write/pool)     -> EngineCallTimeout
+    httpx.NetworkError, httpx.RemoteProtocolError        -> EngineUnreachable
+    (refused, reset, dropped without an answer)
+    any other httpx.HTTPError                             -> EngineError
+    an answer with status >= 400                          -> EngineError ("HTTP 500: <body>")
+    an answer that should be JSON and is not              -> EngineError
+"""
+
+from __future__ import annotations
+
+import json as _json
+import math
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from offload_fsm.errors import ConfigError, EngineCallTimeout, EngineError, EngineUnreachable
+
+BODY_EXCERPT_CHARS = 300
+
+
+def body_excerpt(response: httpx.Response) -> str:
+    """The start of a response body on one line, for error messages."""
+    try:
+        text = response.text
+    except (UnicodeDecodeError, LookupError):
+        text = repr(response.content[:BODY_EXCERPT_CHARS])
+    text = " ".join(text.split())
+    if len(text) > BODY_EXCERPT_CHARS:
+        text = text[:BODY_EXCERPT_CHARS] + "..."
+    return text or "<empty body>"
+
+
+def check_timeout(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(name, value, "a positive number of seconds")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(name, value, "a positive, finite number of seconds")
+    return float(value)
+
+
+def check_tags(
+    tags: Sequence[str] | None, allowed: Collection[str] | None = None
+) -> list[str] | None:
+    """Validate memory tags: None means "everything"; otherwise a non-empty list of names."""
+    if tags is None:
+        return None
+    if isinstance(tags, (str, bytes)):  # "weights" would otherwise iterate as characters
+        raise ConfigError("tags", tags, "None or a sequence of tag names, not a single string")
+    out = list(tags)
+    if not out:
+        raise ConfigError("tags", tags, "None (everything) or a non-empty sequence of tag names")
+    for tag in out:
+        if not isinstance(tag, str) or not tag:
+            raise ConfigError("tags", tags, "tag names as non-empty strings")
+        if allowed is not None and tag not in allowed:
+            raise ConfigError("tags", tags, f"tag names among {sorted(allowed)}")
+    if len(set(out)) != len(out):
+        raise ConfigError("tags", tags, "tag names without duplicates")
+    return out
+
+
+class HttpEngineClient:
+    """An httpx.AsyncClient bound to one engine, raising only EngineError subclasses."""
+
+    def __init__(
+        self,
+        engine_id: str,
+        base_url: str,
+        *,
+        timeout_s: float,
+        transport: httpx.AsyncBaseTransport | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        if not isinstance(engine_id, str) or not engine_id:
+            raise ConfigError("engine_id", engine_id, "a non-empty string")
+        try:
+            url = httpx.URL(base_url)
+        except (httpx.InvalidURL, TypeError) as exc:
+            raise ConfigError("base_url", base_url, "an http(s) URL") from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigError("base_url", base_url, "an http(s) URL with a host")
+        self.engine_id = engine_id
+        self.base_url = str(url).rstrip("/")
+        self.timeout_s = check_timeout("timeout_s", timeout_s)
+        # trust_env=False: a proxy from the environment must never sit between us and an
+        # engine on loopback or the cluster network.
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=self.timeout_s,
+            transport=transport,
+            trust_env=False,
+            headers=dict(headers) if headers else None,
+        )
+
+    async def request(
+        self,
+        call: str,
+        method: str,
+        path: str,
+        *,
+        json: object = None,
+        params: Sequence[tuple[str, str]] | None = None,
+        timeout_s: float | None = None,
+    ) -> httpx.Response:
+        """Send one request; transport failures become EngineError subclasses. Any status."""
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        where = f"{method} {self.base_url}{path}"
+        try:
+            return await self._client.request(
+                method,
+                path,
+                json=json,
+                params=list(params) if params is not None else None,
+                timeout=timeout,
+            )
+        except httpx.TimeoutException as exc:
+            raise EngineCallTimeout(
+                self.engine_id, call, f"{where}: no answer within {timeout:g} s ({exc!r})"
+            ) from exc
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            raise EngineUnreachable(
+                self.engine_id, call, f"{where}: engine unreachable ({exc!r})"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise EngineError(self.engine_id, call, f"{where}: {exc!r}") from exc
+
+    async def call(
+        self,
+        call: str,
+        method: str,
+        path: str,
+        *,
+        json: object = None,
+        params: Sequence[tuple[str, str]] | None = None,
+        timeout_s: float | None = None,
+    ) -> httpx.Response:
+        """Like :meth:`request`, and a status >= 400 raises EngineError with a body excerpt."""
+        response = await self.request(
+            call, method, path, json=json, params=params, timeout_s=timeout_s
+        )
+        self.raise_for_status(call, response)
+        return response
+
+    def raise_for_status(self, call: str, response: httpx.Response) -> None:
+        if response.status_code >= 400:
+            raise EngineError(
+                self.engine_id,
+                call,
+                f"{response.request.method} {response.request.url.path} answered "
+                f"HTTP {response.status_code}: {body_excerpt(response)}",
+            )
+
+    def json_of(self, call: str, response: httpx.Response) -> Any:
+        """The response body as JSON, or EngineError naming the call and the body."""
+        try:
+            return _json.loads(response.content)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            raise EngineError(
+                self.engine_id,
+                call,
+                f"{response.request.url.path} answered HTTP {response.status_code} with a "
+                f"body that is not JSON: {body_excerpt(response)}",
+            ) from exc
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

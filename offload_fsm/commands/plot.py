@@ -1,0 +1,31 @@
+"""``offload-fsm plot LOG -o timeline.png``: a timeline picture of a run (the plot extra)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from offload_fsm.errors import EventDecodeError
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("plot", help="draw a run's timeline (needs the plot extra: matplotlib)")
+    p.add_argument("log", metavar="LOG.jsonl", help="event log (JSON lines) of one run")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="FILE", help="image to write (.png, .svg, .pdf)"
+    )
+    p.add_argument("--until", metavar="SEQ", type=int, help="stop after this sequence number")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from offload_fsm.plot import plot_log  # MissingExtra (exit 2) names the extra
+
+    try:
+        result = plot_log(args.log, args.output, until=args.until)
+    except EventDecodeError as exc:
+        print(f"offload-fsm plot: {args.log}: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}: {result.violation_count} violation(s)")
+    return 1 if result.violation_count else 0

@@ -1,0 +1,31 @@
+"""``offload-fsm trace LOG -o run.json``: a Chrome/Perfetto trace of a run (ui.perfetto.dev)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from offload_fsm.errors import OffloadFsmError
+from offload_fsm.trace import write_trace
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("trace", help="write a Chrome/Perfetto trace (JSON) of an event log")
+    p.add_argument("log", metavar="LOG.jsonl", help="event log (JSON lines) of one run")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="trace JSON to write")
+    p.add_argument("--until", metavar="SEQ", type=int, help="stop after this sequence number")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        result, stats = write_trace(args.log, args.output, until=args.until)
+    except OffloadFsmError as exc:
+        print(f"offload-fsm trace: {args.log}: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {args.output}: {stats.trace_events} trace events, {stats.engines} engines, "
+        f"{stats.gpus} GPUs, {result.violation_count} violation(s); open it in ui.perfetto.dev"
+    )
+    return 1 if result.violation_count else 0

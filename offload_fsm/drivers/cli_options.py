@@ -1,0 +1,97 @@
+"""Command-line options shared by ``offload-fsm demo`` and the drivers' scripts."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from offload_fsm.config import (
+    DEFAULT_THRESHOLD_GIB,
+    THRESHOLD_ENV,
+    gib_to_bytes,
+    parse_positive_gib,
+    parse_positive_int,
+    parse_positive_seconds,
+    threshold_from_env,
+)
+from offload_fsm.drivers.runner import RunOptions
+from offload_fsm.drivers.sim_world import SimOptions
+from offload_fsm.topology import PipelineTopology
+
+
+def add_run_arguments(p: argparse.ArgumentParser, *, steps: int = 5) -> None:
+    p.add_argument("--steps", default=str(steps), help=f"pipeline steps (default {steps})")
+    p.add_argument(
+        "--threshold",
+        metavar="GIB",
+        default=None,
+        help=f"wake gate: max whole-GPU used GiB (default ${THRESHOLD_ENV}, "
+        f"else {DEFAULT_THRESHOLD_GIB:g})",
+    )
+    p.add_argument("--settle", default="3", help="rounds the gate condition must hold (3)")
+    p.add_argument("--gate-timeout", metavar="S", default="60", help="wake gate deadline (60 s)")
+    p.add_argument("--seed", default="0", help="simulation seed (late releases, faults)")
+    p.add_argument("--out", metavar="DIR", default="runs", help="output directory (runs/)")
+    p.add_argument("--run-id", default=None, help="run id (default: time-stamped)")
+    p.add_argument("--gpus", metavar="N", default="4", help="simulated GPU count (4)")
+    p.add_argument("--gpu-gib", metavar="GIB", default="80", help="simulated GPU size (80)")
+    p.add_argument("--rollout", metavar="S", default="2", help="rollout time per step (2 s)")
+    p.add_argument("--train", metavar="S", default="3", help="train time per step (3 s)")
+    p.add_argument("--no-cotenant", action="store_true", help="no co-tenant visits a GPU")
+    p.add_argument(
+        "--late-release-share",
+        metavar="F",
+        default="0.3",
+        help="share of releases that return before memory drops (0.3)",
+    )
+    p.add_argument(
+        "--fail",
+        metavar="ENGINE:CALL[:N]",
+        default=None,
+        help="inject an engine error, e.g. p2.engine1:resume:2",
+    )
+    p.add_argument("--quiet", action="store_true", help="no live progress lines")
+
+
+def run_options(
+    args: argparse.Namespace, topologies: tuple[PipelineTopology, ...], command: str
+) -> RunOptions:
+    if args.threshold is None:
+        threshold, _ = threshold_from_env(os.environ)
+    else:
+        threshold = gib_to_bytes(parse_positive_gib("--threshold", args.threshold))
+    share = float(args.late_release_share) if _is_float(args.late_release_share) else -1.0
+    if not 0.0 <= share <= 1.0:
+        from offload_fsm.errors import ConfigError
+
+        raise ConfigError("--late-release-share", args.late_release_share, "a number in [0, 1]")
+    return RunOptions(
+        topologies=topologies,
+        threshold_bytes=threshold,
+        steps=parse_positive_int("--steps", args.steps),
+        out_dir=Path(args.out),
+        run_id=args.run_id,
+        rollout_s=parse_positive_seconds("--rollout", args.rollout),
+        train_s=parse_positive_seconds("--train", args.train),
+        settle=parse_positive_int("--settle", args.settle),
+        gate_timeout_s=parse_positive_seconds("--gate-timeout", args.gate_timeout),
+        progress=not args.quiet,
+        command=command,
+        sim=SimOptions(
+            gpu_count=parse_positive_int("--gpus", args.gpus),
+            gpu_total_gib=parse_positive_gib("--gpu-gib", args.gpu_gib),
+            seed=parse_positive_int("--seed", args.seed, minimum=0),
+            late_release_share=share,
+            cotenant=not args.no_cotenant,
+            fail=args.fail,
+        ),
+    )
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

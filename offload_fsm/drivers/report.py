@@ -1,0 +1,38 @@
+"""What a finished run prints: where the log is, the replayed summary, the timeline PNG."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from offload_fsm.drivers.runner import RunOutcome
+from offload_fsm.errors import OffloadFsmError
+
+
+def print_report(outcome: RunOutcome, out: TextIO, *, plot: bool = True) -> int:
+    """Replay the run's own log (the same checks ``offload-fsm replay`` makes), print the
+    summary, draw the timeline where the plot extra is installed. Exit code: 0 when the run
+    succeeded and its log replays clean, 1 otherwise."""
+    from offload_fsm.replay import replay_path
+    from offload_fsm.summary import render, summarize
+
+    result = replay_path(outcome.log_path)
+    out.write("\n" + render(summarize(result)) + "\n")
+    out.write(
+        f"\nrun {outcome.run_id}: {outcome.status} in {outcome.wall_s:.2f} s wall "
+        f"({outcome.run_s:.1f} s on the run's clock), {outcome.events} events\n"
+        f"event log: {outcome.log_path}\n"
+    )
+    if plot:
+        png = outcome.log_path.with_suffix(".png")
+        try:
+            from offload_fsm.plot import plot_log
+
+            plot_log(outcome.log_path, png)
+            out.write(f"timeline:  {png}\n")
+        except OffloadFsmError as exc:  # the plot extra is not installed: say so, go on
+            out.write(f"timeline:  not drawn ({exc})\n")
+    if outcome.error is not None:
+        out.write(f"error: {type(outcome.error).__name__}: {outcome.error}\n")
+    if not result.ok:
+        out.write(f"replay found {result.violation_count} invariant violation(s)\n")
+    return 0 if outcome.status == "ok" and result.ok else 1

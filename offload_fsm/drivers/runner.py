@@ -1,0 +1,156 @@
+"""Run pipelines end to end: world, orchestrator, event log, live progress, summary.
+
+Used by ``offload-fsm demo`` and by drivers/run_miles_dual.py and drivers/run_miles_rlix.py.
+On the embedded default (simulated GPUs and engines) the run is in virtual time: a 5-step
+dual run takes a few seconds of wall time.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TextIO
+
+import anyio
+
+from offload_fsm.bus import EventBus, Recorder
+from offload_fsm.clock import Clock, VirtualClock
+from offload_fsm.concurrency import all_or_first_error
+from offload_fsm.config import GatePolicy
+from offload_fsm.drivers.pipeline import Pipeline, shrink_gpus_for
+from offload_fsm.drivers.progress import ProgressPrinter
+from offload_fsm.drivers.sim_world import SimOptions, SimWorld, build_sim_world
+from offload_fsm.drivers.view import RunView
+from offload_fsm.errors import OffloadFsmError
+from offload_fsm.eventlog import EventLogWriter
+from offload_fsm.orchestrator import Orchestrator, OrchestratorConfig
+from offload_fsm.probe.fake import FakeBackend
+from offload_fsm.topology import PipelineTopology
+
+
+@dataclass
+class RunOptions:
+    topologies: tuple[PipelineTopology, ...]
+    threshold_bytes: int
+    steps: int = 5
+    out_dir: Path = Path("runs")
+    run_id: str | None = None
+    rollout_s: float = 2.0
+    train_s: float = 3.0
+    settle: int = 3
+    gate_timeout_s: float = 60.0
+    progress: bool = True
+    command: str = ""
+    sim: SimOptions = field(default_factory=SimOptions)
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    log_path: Path
+    status: str  # "ok" | "failed" | "cancelled"
+    error: BaseException | None
+    wall_s: float
+    run_s: float  # on the run's clock (virtual on the simulator)
+    events: int
+
+
+async def run_simulated(opts: RunOptions, out: TextIO | None = None) -> RunOutcome:
+    """Run the pipelines concurrently on the embedded simulator (virtual time)."""
+    out = out or sys.stdout
+    clock = VirtualClock()
+    world = await build_sim_world(opts.topologies, clock, opts.sim)
+    return await _run(opts, clock, world, out)
+
+
+async def _run(opts: RunOptions, clock: Clock, world: SimWorld, out: TextIO) -> RunOutcome:
+    run_id = opts.run_id or time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    wall0 = time.perf_counter()
+    bus = EventBus()
+    recorder = Recorder(bus, run_id, clock)
+    view = RunView()
+    writer = EventLogWriter.for_run(opts.out_dir, run_id)
+    log_sub = bus.subscribe("event-log", capacity=65536)
+    view_sub = bus.subscribe("view", capacity=65536)
+    printer = ProgressPrinter(view, clock.now, out) if opts.progress else None
+    gate = GatePolicy(settle_samples=opts.settle, deadline_s=opts.gate_timeout_s)
+    orch = Orchestrator(
+        probe=FakeBackend(world.gpus),
+        recorder=recorder,
+        clock=clock,
+        config=OrchestratorConfig(
+            threshold_bytes=opts.threshold_bytes,
+            wake_gate=gate,
+            pid_namespace=world.gpus.pid_namespace,
+        ),
+    )
+    status, error = "ok", None
+    t0 = clock.now()
+    with writer:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.run, log_sub)
+            tg.start_soon(view.follow, view_sub, printer)
+            try:
+                await orch.start_run(command=opts.command, backend="fake")
+                for spec in world.specs:
+                    await orch.register(spec)
+                pipelines = _pipelines(opts, world, orch, view, recorder, clock)
+                await all_or_first_error([partial(p.run, opts.steps) for p in pipelines])
+            except OffloadFsmError as exc:
+                status, error = "failed", exc
+            except anyio.get_cancelled_exc_class():
+                status = "cancelled"
+                with anyio.CancelScope(shield=True):
+                    await orch.finish_run(status, "cancelled")
+                    bus.close()
+                raise
+            finally:
+                if status != "cancelled":
+                    await orch.finish_run(
+                        status, None if error is None else f"{type(error).__name__}: {error}"
+                    )
+                    bus.close()
+    return RunOutcome(
+        run_id,
+        writer.path,
+        status,
+        error,
+        time.perf_counter() - wall0,
+        clock.now() - t0,
+        recorder.last.seq if recorder.last else 0,
+    )
+
+
+def _pipelines(
+    opts: RunOptions,
+    world: SimWorld,
+    orch: Orchestrator,
+    view: RunView,
+    recorder: Recorder,
+    clock: Clock,
+) -> Sequence[Pipeline]:
+    out = []
+    for topo in opts.topologies:
+        others = [t for t in opts.topologies if t is not topo]
+        engine_ids, trainer_id = world.pipelines[topo.name]
+        out.append(
+            Pipeline(
+                name=topo.name,
+                topology=topo,
+                engine_ids=engine_ids,
+                trainer_id=trainer_id,
+                shrink_gpus=shrink_gpus_for(topo, others),
+                orch=orch,
+                view=view,
+                recorder=recorder,
+                clock=clock,
+                rollout_s=opts.rollout_s,
+                train_s=opts.train_s,
+            )
+        )
+    return out

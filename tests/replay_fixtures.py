@@ -1,0 +1,616 @@
+"""Event logs for the replay tests and bench: a deterministic dual-pipeline simulator and a
+small builder for hand-written logs.
+
+The simulator drives real :class:`Lifecycle` objects (the ground truth replay must reproduce)
+over a memory model of 4 GPUs in the dual topology used in practice
+(P1 train=[0] infer=[0,1,2]; P2 train=[3] infer=[1,2,3]). Each tick is one probe round: a
+memory sample per GPU, release progress, wake gate decisions for gated engines (settle window,
+timeout), resume progress. Randomness (release time, co-tenant processes that hold a GPU for a
+while, failed calls) comes from one seeded ``random.Random``: the same config gives the same
+log, byte for byte.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from offload_fsm import __version__, codec
+from offload_fsm.events import (
+    AdapterCallFailed,
+    AdapterCallFinished,
+    AdapterCallStarted,
+    AttributionReport,
+    EngineRegistered,
+    Event,
+    GateDecision,
+    GateFailOpen,
+    GateTimedOut,
+    MemorySample,
+    PhaseChanged,
+    RunFinished,
+    RunStarted,
+    Transition,
+)
+from offload_fsm.lifecycle import Evidence, Lifecycle, State, Trigger
+from offload_fsm.probe.fake import make_devices
+
+GIB = 1024**3
+TOTAL = 80 * GIB
+GPUS: tuple[str, ...] = tuple(d.key for d in make_devices(4))
+E = TypeVar("E", bound=Event)
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    engine_id: str
+    pipeline_id: str
+    role: str  # "engine" | "trainer"
+    gpus: tuple[int, ...]
+    footprint: int  # bytes per GPU while awake
+    residual: int  # bytes per GPU left behind while slept (CUDA context, allocator pools)
+    pid: int
+    share_group: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keys", tuple(GPUS[i] for i in self.gpus))
+
+    keys: tuple[str, ...] = field(init=False, default=())
+
+
+DUAL: tuple[EngineSpec, ...] = (
+    EngineSpec("p1-train", "p1", "trainer", (0,), 34 * GIB, 3 * GIB, 1100),
+    EngineSpec("p1-infer", "p1", "engine", (0, 1, 2), 22 * GIB, int(1.7 * GIB), 1200),
+    EngineSpec("p2-train", "p2", "trainer", (3,), 34 * GIB, 3 * GIB, 2100),
+    EngineSpec("p2-infer", "p2", "engine", (1, 2, 3), 22 * GIB, int(1.7 * GIB), 2200),
+)
+# Who is awake in each half of a step: P1 rolls out while P2 trains, then they swap.
+CONFIGS: tuple[frozenset[str], frozenset[str]] = (
+    frozenset({"p1-infer", "p2-train"}),
+    frozenset({"p1-train", "p2-infer"}),
+)
+
+
+@dataclass
+class SimConfig:
+    steps: int = 5
+    seed: int = 0
+    threshold: int = 7 * GIB
+    settle: int = 2
+    tick_s: float = 0.5
+    phase_ticks: int = 6  # probe rounds of rollout/training between switches
+    gate_timeout_ticks: int = 16
+    co_tenant_p: float = 0.0  # per switch: a foreign process holds one GPU for a while
+    release_fail_p: float = 0.0  # per release: the call fails, the engine recovers
+    wake_fail_p: float = 0.0  # per resume: the call fails, the engine recovers
+    fail_open: bool = False
+    attribution: bool = True
+    run_id: str = "sim-dual"
+    start_ts: float = 1_700_000_000.0
+
+    def __post_init__(self) -> None:
+        if self.gate_timeout_ticks <= self.settle:
+            raise ValueError("gate_timeout_ticks must exceed settle, or no wake ever opens")
+
+
+@dataclass
+class SimOutcome:
+    final_states: dict[str, str]
+    events: int
+    transitions: int
+    # (seq, engine, state after) for every transition, when asked for
+    history: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+class DualSim:
+    """One simulated run; ``run()`` emits every event to ``sink`` in order."""
+
+    def __init__(
+        self,
+        cfg: SimConfig,
+        sink: Callable[[Event], None],
+        *,
+        engines: Sequence[EngineSpec] = DUAL,
+        record_history: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.sink = sink
+        self.rng = random.Random(cfg.seed)
+        self.specs = {e.engine_id: e for e in engines}
+        self.seq = 0
+        self.ts = cfg.start_ts
+        self.events = 0
+        self.transitions = 0
+        self.record = record_history
+        self.history: list[tuple[int, str, str]] = []
+        self.lc: dict[str, Lifecycle] = {}
+        self.mem: dict[str, int] = {}  # engine -> bytes it holds on each of its GPUs
+        self.foreign: dict[int, tuple[int, int]] = {}  # gpu -> (bytes, ticks left)
+        self.work: dict[str, dict[str, Any]] = {}  # engine -> in-flight call / gate state
+        self.wanted: frozenset[str] = CONFIGS[0]
+        self.on_gpu = [[e for e, s in self.specs.items() if g in s.gpus] for g in range(len(GPUS))]
+
+    def emit(self, kind: type[E], **fields: Any) -> E:
+        self.seq += 1
+        event = kind(seq=self.seq, ts=round(self.ts, 6), run_id=self.cfg.run_id, **fields)
+        self.events += 1
+        self.sink(event)
+        return event
+
+    def fire(
+        self, eid: str, trigger: Trigger, *, reason: str | None = None, target: State | None = None
+    ) -> None:
+        evidence = Evidence(target, "simulated probe: resident at residual") if target else None
+        step = self.lc[eid].fire(trigger, reason=reason, evidence=evidence)
+        spec = self.specs[eid]
+        ev = self.emit(
+            Transition,
+            engine_id=eid,
+            pipeline_id=spec.pipeline_id,
+            gpus=spec.keys,
+            src=step.src.value,
+            dst=step.dst.value,
+            trigger=step.trigger.value,
+            reason=reason,
+            evidence=evidence.observed if evidence else None,
+        )
+        self.transitions += 1
+        if self.record:
+            self.history.append((ev.seq, eid, step.dst.value))
+
+    def used(self, gpu: int) -> int:
+        mem = self.mem
+        return sum(mem[e] for e in self.on_gpu[gpu]) + self.foreign.get(gpu, (0, 0))[0]
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def run(self) -> SimOutcome:
+        cfg = self.cfg
+        self.emit(
+            RunStarted,
+            tool_version=__version__,
+            threshold_bytes=cfg.threshold,
+            settle_samples=cfg.settle,
+            fail_open=cfg.fail_open,
+            backend="fake",
+            command="tests.replay_fixtures",
+        )
+        for eid, spec in self.specs.items():
+            awake = eid in self.wanted
+            state = State.ACTIVE if awake else State.SLEPT
+            self.lc[eid] = Lifecycle(eid, initial=state)
+            self.mem[eid] = spec.footprint if awake else spec.residual
+            self.emit(
+                EngineRegistered,
+                engine_id=eid,
+                pipeline_id=spec.pipeline_id,
+                gpus=spec.keys,
+                role=spec.role,
+                adapter="sim",
+                initial_state=state.value,
+                process_root=spec.pid,
+                share_group=spec.share_group,
+            )
+        for step in range(cfg.steps):
+            self.emit(PhaseChanged, step=step, phase="rollout")
+            for _ in range(cfg.phase_ticks):
+                self.tick()
+            self.wanted = CONFIGS[(step + 1) % 2]
+            self.emit(PhaseChanged, step=step, phase="switch")
+            if self.rng.random() < cfg.co_tenant_p:
+                gpu = self.rng.randrange(len(GPUS))
+                self.foreign[gpu] = (self.rng.randint(6, 12) * GIB, self.rng.randint(2, 30))
+            self.switch()
+        self.emit(RunFinished, status="ok")
+        return SimOutcome(
+            final_states={e: lc.state.value for e, lc in self.lc.items()},
+            events=self.events,
+            transitions=self.transitions,
+            history=self.history,
+        )
+
+    def switch(self) -> None:
+        for _ in range(2_000):
+            if all(self.settled(e) for e in self.specs):
+                return
+            self.tick()
+        raise AssertionError("simulated switch did not converge")  # pragma: no cover
+
+    def settled(self, eid: str) -> bool:
+        want = State.ACTIVE if eid in self.wanted else State.SLEPT
+        return self.lc[eid].state is want and eid not in self.work
+
+    def tick(self) -> None:
+        self.ts += self.cfg.tick_s
+        for gpu, (nbytes, left) in list(self.foreign.items()):
+            if left <= 1:
+                del self.foreign[gpu]
+            else:
+                self.foreign[gpu] = (nbytes, left - 1)
+        for eid in self.specs:  # start what the wanted configuration needs
+            self.drive(eid)
+        round_used = [self.used(g) for g in range(len(GPUS))]
+        for gpu, key in enumerate(GPUS):
+            used = round_used[gpu] + self.jitter(gpu)
+            self.emit(
+                MemorySample,
+                gpus=(key,),
+                backend="fake",
+                used_bytes=used,
+                free_bytes=TOTAL - used,
+                total_bytes=TOTAL,
+            )
+        for eid in self.specs:
+            self.advance(eid, round_used)
+
+    def jitter(self, gpu: int) -> int:
+        # Awake engines' memory moves a little while they work; it never crosses the gate.
+        busy = any(self.lc[e].state is State.ACTIVE for e, s in self.specs.items() if gpu in s.gpus)
+        return self.rng.randrange(0, GIB // 2) if busy else 0
+
+    def call(self, eid: str, name: str, **state: Any) -> None:
+        spec = self.specs[eid]
+        self.emit(
+            AdapterCallStarted,
+            engine_id=eid,
+            pipeline_id=spec.pipeline_id,
+            gpus=spec.keys,
+            call=name,
+        )
+        self.work[eid] = {"call": name, "t0": self.ts, **state}
+
+    def drive(self, eid: str) -> None:
+        lc, spec = self.lc[eid], self.specs[eid]
+        if eid in self.work:
+            return
+        if lc.state is State.FAILED:
+            self.fire(eid, Trigger.RECOVER, target=State.SLEPT)
+            self.mem[eid] = spec.residual
+        elif lc.state is State.ACTIVE and eid not in self.wanted:
+            self.fire(eid, Trigger.RELEASE)
+            self.call(eid, "release_memory", left=self.rng.randint(1, 3))
+        elif lc.state is State.SLEPT and eid in self.wanted:
+            self.fire(eid, Trigger.REQUEST_WAKE)
+            self.work[eid] = {"call": None, "settle": 0, "waited": 0}
+
+    def advance(self, eid: str, round_used: list[int]) -> None:
+        work = self.work.get(eid)
+        if work is None:
+            return
+        state = self.lc[eid].state
+        if state is State.RELEASING:
+            self.advance_release(eid, work)
+        elif state is State.GATED:
+            self.advance_gate(eid, work, round_used)
+        elif state is State.WAKING:
+            self.advance_wake(eid, work)
+
+    def finish_call(self, eid: str, work: dict[str, Any], error: str | None = None) -> None:
+        spec = self.specs[eid]
+        common: dict[str, Any] = {
+            "engine_id": eid,
+            "pipeline_id": spec.pipeline_id,
+            "gpus": spec.keys,
+            "call": work["call"],
+            "elapsed_s": round(self.ts - work["t0"], 6),
+        }
+        if error:
+            self.emit(AdapterCallFailed, error_type="EngineCallTimeout", error=error, **common)
+        else:
+            self.emit(AdapterCallFinished, **common)
+        del self.work[eid]
+
+    def advance_release(self, eid: str, work: dict[str, Any]) -> None:
+        spec = self.specs[eid]
+        work["left"] -= 1
+        step = (self.mem[eid] - spec.residual) // max(1, work["left"] + 1)
+        self.mem[eid] = max(spec.residual, self.mem[eid] - step)
+        if work["left"] > 0:
+            return
+        self.mem[eid] = spec.residual
+        if self.rng.random() < self.cfg.release_fail_p:
+            self.finish_call(eid, work, "release_memory_occupation timed out after 30 s")
+            self.fire(eid, Trigger.FAIL, reason="release call timed out")
+            return
+        self.finish_call(eid, work)
+        self.emit(
+            GateDecision,
+            engine_id=eid,
+            pipeline_id=spec.pipeline_id,
+            gpus=spec.keys,
+            gate="release",
+            passed=True,
+            opened=True,
+            observed_bytes=tuple(spec.residual for _ in spec.gpus),
+            limit_bytes=2 * GIB,
+            settle_count=1,
+            settle_required=1,
+            attempt=1,
+            elapsed_s=0.0,
+        )
+        self.fire(eid, Trigger.RELEASED)
+        if self.cfg.attribution:
+            used = tuple(self.used(g) for g in spec.gpus)
+            self.emit(
+                AttributionReport,
+                engine_id=eid,
+                pipeline_id=spec.pipeline_id,
+                gpus=spec.keys,
+                used_bytes=used,
+                engine_resident_bytes=tuple(spec.residual for _ in spec.gpus),
+                unattributed_bytes=tuple(0 for _ in spec.gpus),
+                context="after_release",
+            )
+
+    def advance_gate(self, eid: str, work: dict[str, Any], round_used: list[int]) -> None:
+        spec, cfg = self.specs[eid], self.cfg
+        observed = tuple(round_used[g] for g in spec.gpus)
+        passed = all(b <= cfg.threshold for b in observed)
+        work["settle"] = work["settle"] + 1 if passed else 0
+        work["waited"] += 1
+        opened = work["settle"] >= cfg.settle
+        self.emit(
+            GateDecision,
+            engine_id=eid,
+            pipeline_id=spec.pipeline_id,
+            gpus=spec.keys,
+            gate="wake",
+            passed=passed,
+            opened=opened,
+            observed_bytes=observed,
+            limit_bytes=cfg.threshold,
+            settle_count=work["settle"],
+            settle_required=cfg.settle,
+            attempt=work["waited"],
+            elapsed_s=round(work["waited"] * cfg.tick_s, 6),
+        )
+        if opened:
+            del self.work[eid]
+            self.fire(eid, Trigger.GATE_OPEN)
+            self.call(eid, "resume_memory", left=2)
+        elif work["waited"] >= cfg.gate_timeout_ticks:
+            self.emit(
+                GateTimedOut,
+                engine_id=eid,
+                pipeline_id=spec.pipeline_id,
+                gpus=spec.keys,
+                gate="wake",
+                last_bytes=observed,
+                limit_bytes=cfg.threshold,
+                elapsed_s=round(work["waited"] * cfg.tick_s, 6),
+            )
+            del self.work[eid]
+            self.fire(eid, Trigger.GATE_TIMEOUT)  # back to slept; drive() asks again
+
+    def advance_wake(self, eid: str, work: dict[str, Any]) -> None:
+        spec = self.specs[eid]
+        work["left"] -= 1
+        if work["left"] > 0:
+            self.mem[eid] = (self.mem[eid] + spec.footprint) // 2
+            return
+        if self.rng.random() < self.cfg.wake_fail_p:
+            self.mem[eid] = spec.residual
+            self.finish_call(eid, work, "resume_memory_occupation: connection reset")
+            self.fire(eid, Trigger.FAIL, reason="resume call failed")
+            return
+        self.mem[eid] = spec.footprint
+        self.finish_call(eid, work)
+        self.fire(eid, Trigger.WOKEN)
+
+
+def simulate(cfg: SimConfig, *, record_history: bool = False) -> tuple[list[Event], SimOutcome]:
+    events: list[Event] = []
+    outcome = DualSim(cfg, events.append, record_history=record_history).run()
+    return events, outcome
+
+
+def write_sim_log(path: Path, cfg: SimConfig, *, record_history: bool = False) -> SimOutcome:
+    """Simulate straight into a JSONL file (memory stays flat: used by the bench)."""
+    with open(path, "wb", buffering=1 << 20) as f:
+        write, encode = f.write, codec.encode
+
+        def sink(event: Event) -> None:
+            write(encode(event) + b"\n")
+
+        return DualSim(cfg, sink, record_history=record_history).run()
+
+
+def write_events(path: Path, events: Sequence[Event]) -> Path:
+    path.write_bytes(b"".join(codec.encode(e) + b"\n" for e in events))
+    return path
+
+
+# --- hand-written logs --------------------------------------------------------------------
+
+
+class LogBuilder:
+    """Builds a log event by event with a running seq and clock (``dt`` seconds apart)."""
+
+    def __init__(
+        self,
+        *,
+        threshold: int | None = 7 * GIB,
+        settle: int = 2,
+        fail_open: bool = False,
+        run_id: str = "hand",
+        dt: float = 0.5,
+    ) -> None:
+        self.events: list[Event] = []
+        self.seq = 0
+        self.ts = 1_700_000_000.0
+        self.dt = dt
+        self.run_id = run_id
+        self.threshold = threshold
+        self.settle = settle
+        self.engines: dict[str, tuple[str, ...]] = {}
+        self.add(
+            RunStarted,
+            tool_version=__version__,
+            threshold_bytes=threshold,
+            settle_samples=settle,
+            fail_open=fail_open,
+            backend="fake",
+        )
+
+    def add(self, kind: type[E], **fields: Any) -> E:
+        self.seq += 1
+        self.ts += self.dt
+        fields.setdefault("seq", self.seq)
+        fields.setdefault("ts", self.ts)
+        fields.setdefault("run_id", self.run_id)
+        event = kind(**fields)
+        self.events.append(event)
+        return event
+
+    @property
+    def line(self) -> int:
+        """The line number the last added event will have."""
+        return len(self.events)
+
+    def engine(
+        self,
+        eid: str,
+        gpus: Sequence[int],
+        state: str = "active",
+        *,
+        role: str = "engine",
+        share_group: str | None = None,
+    ) -> None:
+        keys = tuple(GPUS[g] for g in gpus)
+        self.engines[eid] = keys
+        self.add(
+            EngineRegistered,
+            engine_id=eid,
+            gpus=keys,
+            role=role,
+            adapter="sim",
+            initial_state=state,
+            share_group=share_group,
+        )
+
+    def t(self, eid: str, src: str, dst: str, trigger: str, **extra: Any) -> None:
+        if trigger == "fail":
+            extra.setdefault("reason", "test")
+        if trigger == "recover":
+            extra.setdefault("evidence", "resident 0.5 GiB")
+        self.add(
+            Transition,
+            engine_id=eid,
+            gpus=self.engines.get(eid, ()),
+            src=src,
+            dst=dst,
+            trigger=trigger,
+            **extra,
+        )
+
+    def sample(self, gpu: int, used: int | None) -> None:
+        self.add(
+            MemorySample,
+            gpus=(GPUS[gpu],),
+            backend="fake",
+            used_bytes=used,
+            free_bytes=None if used is None else TOTAL - used,
+            total_bytes=TOTAL,
+        )
+
+    def gate(
+        self,
+        eid: str,
+        observed: Sequence[int | None],
+        *,
+        opened: bool,
+        limit: int | None = None,
+        settle_count: int | None = None,
+        settle_required: int | None = None,
+        gpus: Sequence[int] | None = None,
+        gate: str = "wake",
+    ) -> None:
+        keys = tuple(GPUS[g] for g in gpus) if gpus is not None else self.engines[eid]
+        limit = self.threshold if limit is None else limit
+        required = self.settle if settle_required is None else settle_required
+        self.add(
+            GateDecision,
+            engine_id=eid,
+            gpus=keys,
+            gate=gate,
+            passed=all(b is not None and limit is not None and b <= limit for b in observed),
+            opened=opened,
+            observed_bytes=tuple(observed),
+            limit_bytes=limit,
+            settle_count=(required if opened else 0) if settle_count is None else settle_count,
+            settle_required=required,
+            attempt=1,
+            elapsed_s=0.5,
+        )
+
+    def fail_open(self, eid: str) -> None:
+        self.add(
+            GateFailOpen,
+            engine_id=eid,
+            gpus=self.engines[eid],
+            gate="wake",
+            error="NVML: driver not loaded",
+            elapsed_s=0.1,
+        )
+
+    def wake(self, eid: str, observed: Sequence[int | None] | None = None) -> None:
+        """slept -> gated -> (passing, settled gate) -> waking -> active."""
+        self.t(eid, "slept", "gated", "request_wake")
+        obs = observed if observed is not None else [GIB] * len(self.engines[eid])
+        self.gate(eid, obs, opened=False, settle_count=1)
+        self.gate(eid, obs, opened=True)
+        self.t(eid, "gated", "waking", "gate_open")
+        self.t(eid, "waking", "active", "woken")
+
+    def release(self, eid: str) -> None:
+        self.t(eid, "active", "releasing", "release")
+        self.t(eid, "releasing", "slept", "released")
+
+    def finish(self, status: str = "ok") -> None:
+        self.add(RunFinished, status=status)
+
+    def write(self, path: Path) -> Path:
+        return write_events(path, self.events)
+
+
+def incident_log(*, with_gate_decision: bool) -> LogBuilder:
+    """The real incident: release said offloaded but 29 GB was still used; the trainer woke.
+
+    The engine's release call returned 200 and the log moved it to slept, but the engine had
+    started without its memory saver: 29 GiB stayed on GPU 0. The trainer's wake went ahead:
+    either with no gate at all (the old "sleep 3 s and go" fallback) or through a gate that
+    logged the 29 GiB and opened anyway.
+    """
+    b = LogBuilder(threshold=7 * GIB, settle=2)
+    b.engine("p1-infer", [0], "active")
+    b.engine("p1-train", [0], "slept", role="trainer")
+    b.t("p1-infer", "active", "releasing", "release")
+    b.add(
+        AdapterCallFinished,
+        engine_id="p1-infer",
+        gpus=b.engines["p1-infer"],
+        call="release_memory",
+        elapsed_s=0.2,
+        detail="HTTP 200",
+    )
+    b.t("p1-infer", "releasing", "slept", "released", reason="release returned 200")
+    b.sample(0, 29 * GIB)
+    b.add(
+        AttributionReport,
+        engine_id="p1-infer",
+        gpus=b.engines["p1-infer"],
+        used_bytes=(29 * GIB,),
+        engine_resident_bytes=(int(28.4 * GIB),),
+        unattributed_bytes=(int(0.6 * GIB),),
+        context="after_release",
+    )
+    b.t("p1-train", "slept", "gated", "request_wake")
+    if with_gate_decision:
+        b.gate("p1-train", [29 * GIB], opened=True)
+    b.t("p1-train", "gated", "waking", "gate_open")
+    b.t("p1-train", "waking", "active", "woken")
+    b.finish()
+    return b
