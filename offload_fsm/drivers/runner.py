@@ -14,22 +14,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import anyio
 
 from offload_fsm.bus import EventBus, Recorder
-from offload_fsm.clock import Clock, VirtualClock
+from offload_fsm.clock import Clock, RealClock, VirtualClock
 from offload_fsm.concurrency import all_or_first_error
 from offload_fsm.config import GatePolicy
 from offload_fsm.drivers.pipeline import Pipeline, shrink_gpus_for
 from offload_fsm.drivers.progress import ProgressPrinter
-from offload_fsm.drivers.sim_world import SimOptions, SimWorld, build_sim_world
+from offload_fsm.drivers.sim_world import SimOptions, build_sim_world
 from offload_fsm.drivers.view import RunView
 from offload_fsm.errors import OffloadFsmError
 from offload_fsm.eventlog import EventLogWriter
-from offload_fsm.orchestrator import Orchestrator, OrchestratorConfig
-from offload_fsm.probe.fake import FakeBackend
+from offload_fsm.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig
+from offload_fsm.probe.base import ProbeBackend
 from offload_fsm.topology import PipelineTopology
 
 
@@ -68,7 +68,48 @@ async def run_simulated(opts: RunOptions, out: TextIO | None = None) -> RunOutco
     return await _run(opts, clock, world, out)
 
 
-async def _run(opts: RunOptions, clock: Clock, world: SimWorld, out: TextIO) -> RunOutcome:
+async def run_standin(
+    opts: RunOptions,
+    *,
+    backend: str = "auto",
+    engine_gib: float = 24.0,
+    trainer_gib: float = 16.0,
+    tms: bool = False,
+    out: TextIO | None = None,
+) -> RunOutcome:
+    """Run the pipelines with stand-in processes holding real GPU memory (real time)."""
+    from offload_fsm.drivers.standin_world import build_standin_world
+    from offload_fsm.probe.select import open_backend
+
+    out = out or sys.stdout
+    clock = RealClock()
+    probe = await open_backend(backend, clock=clock)
+    try:
+        world = await build_standin_world(
+            opts.topologies, probe, engine_gib=engine_gib, trainer_gib=trainer_gib, tms=tms
+        )
+        try:
+            return await _run(opts, clock, world, out)
+        finally:
+            await world.aclose()
+    finally:
+        await probe.aclose()
+
+
+class World(Protocol):
+    """What a run needs from its world: engines, pipelines and how to measure them."""
+
+    specs: list[EngineSpec]
+    pipelines: dict[str, tuple[tuple[str, ...], str]]  # pipeline -> (engine ids, trainer id)
+
+    @property
+    def probe(self) -> ProbeBackend: ...
+
+    @property
+    def pid_namespace(self) -> str: ...
+
+
+async def _run(opts: RunOptions, clock: Clock, world: World, out: TextIO) -> RunOutcome:
     run_id = opts.run_id or time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     wall0 = time.perf_counter()
     bus = EventBus()
@@ -80,13 +121,13 @@ async def _run(opts: RunOptions, clock: Clock, world: SimWorld, out: TextIO) -> 
     printer = ProgressPrinter(view, clock.now, out) if opts.progress else None
     gate = GatePolicy(settle_samples=opts.settle, deadline_s=opts.gate_timeout_s)
     orch = Orchestrator(
-        probe=FakeBackend(world.gpus),
+        probe=world.probe,
         recorder=recorder,
         clock=clock,
         config=OrchestratorConfig(
             threshold_bytes=opts.threshold_bytes,
             wake_gate=gate,
-            pid_namespace=world.gpus.pid_namespace,
+            pid_namespace=world.pid_namespace,
         ),
     )
     status, error = "ok", None
@@ -96,7 +137,7 @@ async def _run(opts: RunOptions, clock: Clock, world: SimWorld, out: TextIO) -> 
             tg.start_soon(writer.run, log_sub)
             tg.start_soon(view.follow, view_sub, printer)
             try:
-                await orch.start_run(command=opts.command, backend="fake")
+                await orch.start_run(command=opts.command, backend=world.probe.name)
                 for spec in world.specs:
                     await orch.register(spec)
                 pipelines = _pipelines(opts, world, orch, view, recorder, clock)
@@ -128,7 +169,7 @@ async def _run(opts: RunOptions, clock: Clock, world: SimWorld, out: TextIO) -> 
 
 def _pipelines(
     opts: RunOptions,
-    world: SimWorld,
+    world: World,
     orch: Orchestrator,
     view: RunView,
     recorder: Recorder,

@@ -19,7 +19,7 @@ from offload_fsm.errors import ConfigError
 from offload_fsm.lifecycle import State
 from offload_fsm.orchestrator import EngineSpec
 from offload_fsm.probe.base import GIB
-from offload_fsm.probe.fake import FakeDeviceSpec, FakeGpus, make_devices
+from offload_fsm.probe.fake import FakeBackend, FakeDeviceSpec, FakeGpus, make_devices
 from offload_fsm.topology import PipelineTopology
 
 ENGINE_FOOTPRINT = Footprint.gib(weights=2.5, kv_cache=48.0, cuda_graph=1.5, context=0.6)
@@ -44,6 +44,17 @@ class SimWorld:
     specs: list[EngineSpec] = field(default_factory=list)
     engines: dict[str, SimEngine] = field(default_factory=dict)
     pipelines: dict[str, tuple[tuple[str, ...], str]] = field(default_factory=dict)
+    _probe: FakeBackend | None = None
+
+    @property
+    def probe(self) -> FakeBackend:
+        if self._probe is None:
+            self._probe = FakeBackend(self.gpus)
+        return self._probe
+
+    @property
+    def pid_namespace(self) -> str:
+        return self.gpus.pid_namespace
 
 
 def parse_fail(spec: str) -> tuple[str, str, int | None]:

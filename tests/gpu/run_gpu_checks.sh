@@ -38,6 +38,16 @@ rc_bench=${PIPESTATUS[0]}
 "$PY" -m offload_fsm doctor > "$OUT/doctor.txt" 2>&1
 rc_doctor=$?
 
-echo "gpu tests rc=$rc_tests, bench rc=$rc_bench, doctor rc=$rc_doctor; results in $OUT" \
-  | tee "$OUT/summary.txt"
-[ "$rc_tests" -eq 0 ] && [ "$rc_bench" -eq 0 ] && [ "$rc_doctor" -eq 0 ]
+# End to end on real GPU memory: stand-in engine and trainer processes, NVML-gated wakes; the
+# run's log must replay clean (the demo's exit code says so).
+"$PY" -m offload_fsm demo --engines torch --steps 3 --rollout 0.5 --train 0.5 \
+  --run-id gpu-demo --out "$OUT" 2>&1 | tee "$OUT/demo.txt"
+rc_demo=${PIPESTATUS[0]}
+"$PY" -m offload_fsm trace "$OUT/gpu-demo.jsonl" -o "$OUT/gpu-demo.trace.json" >/dev/null 2>&1
+
+echo "gpu tests rc=$rc_tests, bench rc=$rc_bench, doctor rc=$rc_doctor, demo rc=$rc_demo;" \
+  "results in $OUT" | tee "$OUT/summary.txt"
+# The device tool brings back at most 8 files: pack the rest.
+(cd "$OUT" && tar czf results.tgz --remove-files env.txt doctor.txt gpu-tests.xml \
+  gpu-demo.trace.json 2>/dev/null)
+[ "$rc_tests" -eq 0 ] && [ "$rc_bench" -eq 0 ] && [ "$rc_doctor" -eq 0 ] && [ "$rc_demo" -eq 0 ]

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pynvml
 import pytest
 
+from offload_fsm.adapters.standin_proc import StandIn
 from offload_fsm.probe.attribution import (
     ProcessTable,
     attribute,
@@ -26,7 +27,6 @@ from offload_fsm.probe.devices import resolve_device
 from offload_fsm.probe.nvml import NvmlBackend
 from offload_fsm.probe.retry import RetryingProbe
 from offload_fsm.probe.smi import SmiBackend
-from tests.gpu.standin_engine import StandIn
 
 
 def _nvml_error() -> str | None:

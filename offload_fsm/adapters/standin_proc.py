@@ -1,7 +1,7 @@
-"""A stand-in inference engine for the GPU checks: a spawn parent and the child that holds
-GPU memory (as SGLang's launcher and its ``sglang::scheduler``).
+"""A stand-in inference engine for the GPU checks and the real-GPU demo: a spawn parent and
+the child that holds GPU memory (as SGLang's launcher and its ``sglang::scheduler``).
 
-    python -m tests.gpu.standin_engine parent [--host]
+    python -m offload_fsm.adapters.standin_proc parent [--host]
 
 The parent spawns the child with the same stdin/stdout and waits for it. The child prints
 ``ready <pid>`` and then answers one line per command read from stdin:
@@ -21,6 +21,7 @@ A failure answers ``err <message>``. ``--host`` allocates host memory instead of
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import select
 import signal
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]  # the folder offload_fsm is imported from
 GIB = 1024**3
 
 
@@ -38,9 +39,7 @@ def _child(host: bool) -> int:
     torch: Any = None
     tms: Any = None
     if not host:
-        import torch as _torch
-
-        torch = _torch
+        torch = importlib.import_module("torch")
         torch.zeros(1, device="cuda")  # the CUDA context, as an idle engine has
         torch.cuda.synchronize()
     held: list[Any] = []
@@ -63,7 +62,7 @@ def _child(host: bool) -> int:
                     held.append(torch.empty(nbytes, dtype=torch.uint8, device="cuda"))
                 else:
                     if tms is None:
-                        from torch_memory_saver import torch_memory_saver as tms
+                        tms = importlib.import_module("torch_memory_saver").torch_memory_saver
                     with tms.region():
                         held.append(torch.empty(nbytes, dtype=torch.uint8, device="cuda"))
             elif op == "free":
@@ -84,7 +83,7 @@ def _child(host: bool) -> int:
 
 
 def _parent(host: bool) -> int:
-    argv = [sys.executable, "-m", "tests.gpu.standin_engine", "child"]
+    argv = [sys.executable, "-m", "offload_fsm.adapters.standin_proc", "child"]
     if host:
         argv.append("--host")
     return subprocess.call(argv, cwd=REPO)  # same stdin/stdout: the test talks to the child
@@ -94,7 +93,7 @@ class StandIn:
     """The stand-in engine as a test sees it: the parent's pid, the child's, commands."""
 
     def __init__(self, *, host: bool = False, env: dict[str, str] | None = None) -> None:
-        argv = [sys.executable, "-m", "tests.gpu.standin_engine", "parent"]
+        argv = [sys.executable, "-m", "offload_fsm.adapters.standin_proc", "parent"]
         if host:
             argv.append("--host")
         merged = dict(os.environ if env is None else env)
