@@ -150,7 +150,8 @@ class Lifecycle:
             queued=False,
             model_attribute="state",
         )
-        self._events = {t: self._machine.events[t.value] for t in Trigger}
+        events = self._machine.events
+        self._events = {t: events[t.value] for t in Trigger if t.value in events}
 
     @property
     def state(self) -> State:
