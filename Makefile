@@ -1,32 +1,19 @@
-# Every target sets up what it needs: a fresh machine with Python 3.10+ is enough.
+# Shortcuts for tasks.py, which needs nothing but Python 3.10+ and sets up .venv itself.
 PYTHON ?= python3
-VENV := .venv
-BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test bench soak clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
-	touch $(STAMP)
+demo:
+	$(PYTHON) tasks.py demo
 
-demo: $(STAMP)
-	$(BIN)/offload-fsm demo
+test:
+	$(PYTHON) tasks.py test
 
-lint: $(STAMP)
-	$(BIN)/ruff check offload_fsm tests $(wildcard drivers)
-	$(BIN)/ruff format --check offload_fsm tests $(wildcard drivers)
+bench:
+	$(PYTHON) tasks.py bench
 
-typecheck: $(STAMP)
-	$(BIN)/mypy
-
-test: lint typecheck
-	$(BIN)/python -m pytest -q
-
-bench: $(STAMP)
-	$(BIN)/python -m tests.bench
+soak:
+	$(PYTHON) tasks.py soak
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf .venv build *.egg-info
