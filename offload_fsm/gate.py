@@ -25,6 +25,7 @@ from offload_fsm.clock import Clock, VirtualClock, WakeToken, deadline
 from offload_fsm.config import GatePolicy
 from offload_fsm.errors import (
     BackendUnavailable,
+    DeviceIdError,
     DeviceUnhealthy,
     GateTimeout,
     GateUnmeasurable,
@@ -210,7 +211,7 @@ async def run_gate(
                 return await _fail_open(
                     condition, keys, err, clock.now() - start, recorder, ctx, attempts
                 )
-            if isinstance(exc, BackendUnavailable):
+            if isinstance(exc, (BackendUnavailable, DeviceIdError)):  # retrying cannot help
                 raise GateUnmeasurable(
                     f"{condition.gate} gate on {', '.join(keys)}: {exc} (failing closed)"
                 ) from exc

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -299,3 +300,24 @@ async def test_group_release_cancels_the_rest_on_first_failure(world: World) -> 
         await world.orch.release_many(["good", "bad"])
     assert world.orch.state("bad") is State.FAILED
     assert world.orch.state("good") is State.FAILED  # cancelled mid-release: state unknown
+
+
+async def test_state_query_that_raises_never_skips_the_gate(world: World) -> None:
+    """domain.md failure 3: a state query raised (wrong engine index) and the memory gate was
+    skipped silently. Here an engine whose GPU the probe does not know: the wake gate raises,
+    the engine stays slept, and no resume call is made."""
+    eng = world.engine("e0", 100, [0])
+    await world.add("e0", eng, initial=State.SLEPT)
+    stranger = make_devices(1, node="elsewhere")[0]  # not on this machine's probe
+    world.orch.engine("e0").spec = dataclasses.replace(  # type: ignore[misc]
+        world.orch.engine("e0").spec, devices=(stranger,)
+    )
+    t0 = world.clock.now()
+    with pytest.raises(GateUnmeasurable, match="does not exist"):
+        await world.orch.wake("e0")
+    assert world.clock.now() - t0 < 0.1  # a wrong id is not retried for the whole deadline
+    assert world.orch.state("e0") is State.SLEPT
+    assert eng.calls == []
+    await world.drain()
+    back = [e for e in world.kinds(Transition, "e0") if e.dst == "slept"]  # type: ignore[attr-defined]
+    assert back and "failing closed" in (back[-1].reason or "")  # type: ignore[attr-defined]
