@@ -109,6 +109,7 @@ class VirtualClock:
         self._counter = itertools.count()
         self._live = 0  # sleeping tasks not cancelled
         self._due: collections.deque[_Sleeper] = collections.deque()  # released, in order
+        self._keeper: object | None = None  # the task that fires orphaned timers, if any
         self.jumps = 0
 
     def now(self) -> float:
@@ -133,6 +134,7 @@ class VirtualClock:
         Fired by the watcher: it needs some task sleeping on this clock."""
         timer = _Sleeper(self._now + max(0.0, seconds), next(self._counter), callback)
         heapq.heappush(self._timers, timer)
+        self._keep_orphaned_timers()
         return timer
 
     async def sleep(self, seconds: float) -> None:
@@ -194,6 +196,32 @@ class VirtualClock:
         finally:
             if token is not None:
                 token._sleeper = None
+            self._keep_orphaned_timers()
+
+    def _keep_orphaned_timers(self) -> None:
+        """Timers are fired by a sleeping task. When the last one stops sleeping while a
+        timer is pending (a deadline around a body that waits on something other than the
+        clock: an event, ``sleep_forever``), start a keeper task that sleeps until the
+        timer, or the deadline would never pass and the run would hang."""
+        if self._live or self._keeper is not None or _top(self._timers) is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # trio: a system task (cancelled when the run ends)
+            import trio.lowlevel
+
+            self._keeper = trio.lowlevel.spawn_system_task(self._keep_timers)
+        else:
+            self._keeper = loop.create_task(self._keep_timers())
+
+    async def _keep_timers(self) -> None:
+        try:
+            # Only while nobody else sleeps: a sleeper that leaves last starts a new keeper.
+            while (timer := _top(self._timers)) is not None and not self._live:
+                # At least a hair: a timer due now is fired by the sleeper that moves time.
+                await self.sleep(max(timer.deadline - self._now, 1e-9))
+        finally:
+            self._keeper = None
 
     def _release_due(self) -> None:
         """Every other sleeper whose deadline has now come goes without an idle check of its

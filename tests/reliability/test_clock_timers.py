@@ -1,0 +1,45 @@
+"""Regression: a virtual-time deadline must pass even when the task that was sleeping on the
+clock when the deadline started has stopped sleeping since (found by the fault matrix: an
+engine call that hangs forever, while the only other sleeper finished, hung the run)."""
+
+from __future__ import annotations
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from offload_fsm.clock import VirtualClock, deadline
+
+
+async def test_deadline_passes_after_the_last_sleeper_left() -> None:
+    clock = VirtualClock()
+
+    async def short_sleeper() -> None:
+        await clock.sleep(1.0)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(short_sleeper)
+        while not clock.has_watcher:  # it sleeps now: the deadline takes the timer path
+            await anyio.lowlevel.checkpoint()
+        with anyio.fail_after(5):  # real seconds: the regression hung forever
+            with pytest.raises(TimeoutError):
+                async with deadline(clock, 3.0):
+                    await anyio.sleep_forever()
+    assert clock.now() == pytest.approx(3.0)
+
+
+async def test_timer_set_with_nobody_sleeping_still_fires() -> None:
+    clock = VirtualClock()
+    fired = anyio.Event()
+    clock.call_later(2.0, fired.set)
+    with anyio.fail_after(5):
+        await fired.wait()
+    assert clock.now() == pytest.approx(2.0)
+
+
+async def test_cancelled_orphan_timer_does_not_keep_time_moving() -> None:
+    clock = VirtualClock()
+    timer = clock.call_later(2.0, lambda: None)
+    timer.cancel()
+    await clock.sleep(0.5)  # an ordinary sleep is not disturbed by the keeper
+    assert clock.now() == pytest.approx(0.5)
