@@ -8,7 +8,9 @@ or active engine before any engine call (the "double resume" crash).
 
 Cancellation at any await leaves a documented state (docs/architecture.md):
 cancelled while gated -> ``slept`` (cancel_wake); while releasing or waking -> ``failed``
-(the engine's memory state is unknown, and resume is not idempotent).
+(the engine's memory state is unknown, and resume is not idempotent). An operation whose
+caller was already cancelled when it began changes nothing (``release_many`` cancelled
+before it reached an engine leaves that engine ``active``, not ``failed``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from functools import partial
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from offload_fsm.adapters.base import EngineAdapter
 from offload_fsm.bus import Recorder
@@ -220,6 +223,7 @@ class Orchestrator:
     async def release(self, engine_id: str, tags: Sequence[str] | None = None) -> None:
         """active -> releasing -> slept; the release gate checks the engine's own residual."""
         eng = self.engine(engine_id)
+        await anyio.lowlevel.checkpoint_if_cancelled()  # cancelled already: touch nothing
         await self._fire(eng, Trigger.RELEASE)  # illegal -> raises before any engine call
         try:
             await self._call(
@@ -267,9 +271,19 @@ class Orchestrator:
         the gate, the members resume concurrently; the first failure cancels the rest.
         """
         group = [self.engine(i) for i in dict.fromkeys(engine_ids)]
+        for i, eng in enumerate(group):  # members that would share a GPU awake: refused
+            clash = [o.id for o in group[i + 1 :] if o in self._conflicts(eng)]
+            if clash:
+                raise ConfigError(
+                    "wake_many engine_ids",
+                    [e.id for e in group],
+                    f"engines that may be awake together ({eng.id} shares a GPU with "
+                    f"{', '.join(clash)} outside a common share_group)",
+                )
         for eng in group:  # all legal, or nothing changes
             if not eng.lifecycle.can(Trigger.REQUEST_WAKE):
                 raise IllegalTransition(eng.id, eng.state.value, Trigger.REQUEST_WAKE.value)
+        await anyio.lowlevel.checkpoint_if_cancelled()  # cancelled already: touch nothing
         for eng in group:
             await self._emit_transition(eng, eng.lifecycle.fire(Trigger.REQUEST_WAKE))
         try:
@@ -366,14 +380,13 @@ class Orchestrator:
     def blockers(self, engine_id: str) -> list[str]:
         """Engines that must not be awake on ``engine_id``'s GPUs while it wakes."""
         me = self.engine(engine_id)
-        out = []
-        for other in self._neighbours(me):
-            if other.state not in _OCCUPYING:
-                continue
-            if me.spec.share_group and other.spec.share_group == me.spec.share_group:
-                continue
-            out.append(f"{other.id} ({other.state.value})")
-        return out
+        return [f"{o.id} ({o.state.value})" for o in self._conflicts(me) if o.state in _OCCUPYING]
+
+    def _conflicts(self, me: Engine) -> list[Engine]:
+        """Engines that must never be awake together with ``me``: they share a GPU and no
+        share group."""
+        group = me.spec.share_group
+        return [o for o in self._neighbours(me) if not (group and o.spec.share_group == group)]
 
     def _neighbours(self, me: Engine) -> list[Engine]:
         """Other engines sharing a GPU with ``me``, each once, in registration order."""
