@@ -99,8 +99,12 @@ class Checkpoints:
     hits: list[Hit] = field(default_factory=list)
     orch: Orchestrator | None = None
     cancelled: Hit | None = None
+    armed: bool = False  # count only while armed (not during set-up)
 
     async def hit(self, label: str) -> None:
+        if not self.armed:
+            await anyio.lowlevel.checkpoint()
+            return
         states = {e.id: e.state for e in self.orch.engines.values()} if self.orch else {}
         point = Hit(len(self.hits) + 1, label, states)
         self.hits.append(point)
@@ -196,6 +200,7 @@ class CheckingRecorder(Recorder):
         self.points: Checkpoints | None = None
         self.violations: list[str] = []
         self.fail_open_seen = False
+        self._order = anyio.Lock()
 
     async def emit(self, kind: type[E], **fields: Any) -> E:
         if kind is GateFailOpen:
@@ -208,9 +213,13 @@ class CheckingRecorder(Recorder):
                         f"{fields.get('engine_id')} entered waking while {key} really held "
                         f"{used / GIB:.2f} GiB > threshold {self.threshold / GIB:.2f} GiB"
                     )
-        if self.points is not None:
+        if self.points is None:
+            return await super().emit(kind, **fields)
+        # An emit that waits (a full event-log queue) queues on the bus's FIFO lock: events
+        # keep the order of the emit calls. The same here, around the await point.
+        async with self._order:
             await self.points.hit(f"emit {kind.kind}")
-        return await super().emit(kind, **fields)
+            return await super().emit(kind, **fields)
 
 
 # --- the rig ---------------------------------------------------------------------------------
