@@ -166,11 +166,13 @@ class VirtualClock:
                     await anyio.lowlevel.checkpoint()
                     return True
                 if self._head() is me:
-                    await _all_tasks_blocked(me, lambda: self._head() is me and not me.woken)
+                    idle = await _all_tasks_blocked(me, lambda: self._head() is me and not me.woken)
                     # A wait can complete in the same pass that cancelled us: honour that
                     # before moving time, or a cancelled sleeper would jump the clock.
                     await anyio.lowlevel.checkpoint_if_cancelled()
                     if self._head() is not me or me.woken:  # someone else moves on first
+                        continue
+                    if not idle:  # interrupted by a head that has left again: wait anew
                         continue
                     timer = _top(self._timers)
                     if timer is not None and timer.deadline <= me.deadline:
@@ -268,9 +270,11 @@ def _top(heap: list[_Sleeper]) -> _Sleeper | None:
     return heap[0] if heap else None
 
 
-async def _all_tasks_blocked(me: _Sleeper, still_head: Callable[[], bool]) -> None:
-    """Return once no other task of this event loop can run, or early once ``still_head``
-    turns false (an earlier sleeper took over: it cancels ``me.idle_scope``)."""
+async def _all_tasks_blocked(me: _Sleeper, still_head: Callable[[], bool]) -> bool:
+    """Return True once no other task of this event loop can run, or False early once
+    ``still_head`` turns false (an earlier sleeper took over: it cancels ``me.idle_scope``).
+    False even when ``me`` is the head again by the time it runs: the tasks that ran
+    meanwhile may not be blocked (moving time then jumped trio runs ahead of a busy task)."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # not asyncio: trio, anyio's other backend
@@ -284,7 +288,7 @@ async def _all_tasks_blocked(me: _Sleeper, still_head: Callable[[], bool]) -> No
                 await trio.testing.wait_all_tasks_blocked()
             finally:
                 me.idle_scope = None
-        return
+        return not scope.cancel_called
     ready = getattr(loop, "_ready", None)  # CPython's run queue (stable since 3.4)
     if ready is None:
         raise RuntimeError(f"VirtualClock cannot see the run queue of {type(loop).__name__}")
@@ -292,6 +296,7 @@ async def _all_tasks_blocked(me: _Sleeper, still_head: Callable[[], bool]) -> No
     while idle < 2 and still_head():  # twice: callbacks may schedule callbacks
         await asyncio.sleep(0)
         idle = idle + 1 if not ready else 0
+    return idle >= 2
 
 
 @asynccontextmanager

@@ -43,3 +43,18 @@ async def test_cancelled_orphan_timer_does_not_keep_time_moving() -> None:
     timer.cancel()
     await clock.sleep(0.5)  # an ordinary sleep is not disturbed by the keeper
     assert clock.now() == pytest.approx(0.5)
+
+
+async def test_nested_deadlines_do_not_jump_time_while_a_task_runs() -> None:
+    """Regression (trio): a new head that cancelled the watcher's idle wait and left again
+    let the watcher move time on while the body was still running: an outer 2 s deadline
+    passed around a probe that never waited (found by the fault matrix)."""
+    clock = VirtualClock()
+    for _ in range(50):
+        t0 = clock.now()
+        async with deadline(clock, 2.0):  # nobody sleeps: a watchdog task
+            async with deadline(clock, 0.5):  # the watchdog sleeps now: a timer, or another
+                await anyio.lowlevel.checkpoint()
+        assert clock.now() == t0
+        await clock.sleep(0.001)
+    assert clock.now() == pytest.approx(0.05)
