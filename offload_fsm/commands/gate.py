@@ -5,8 +5,9 @@
 
 For shell scripts, before launching a trainer: exit 0 once the gate opened (the condition held
 for K rounds in a row), 3 when it timed out (the attribution report says who holds the
-memory), 4 when memory could not be measured (failing closed), 2 for bad input. A progress
-line on stderr shows the current max residual against the threshold while it waits.
+memory), 4 when memory could not be measured (failing closed: no probe backend works, a GPU
+is lost, or the probe kept failing), 2 for bad input. A progress line on stderr shows the
+current max residual against the threshold while it waits.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from offload_fsm.config import (
     parse_positive_seconds,
     threshold_from_env,
 )
-from offload_fsm.errors import GateTimeout, GateUnmeasurable
+from offload_fsm.errors import BackendUnavailable, DeviceUnhealthy, GateTimeout, GateUnmeasurable
 from offload_fsm.gate import GateContext, Verdict, run_gate
 from offload_fsm.probe.attribution import ProcessTable, attribute, detect_pid_namespace
 from offload_fsm.probe.base import ProbeBackend, ProbeRound
@@ -84,7 +85,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    backend = await open_backend(args.backend)
+    try:
+        backend = await open_backend(args.backend)
+    except BackendUnavailable as exc:  # no way to measure: closed (4), not bad input (2)
+        if args.fail_open:
+            print(f"gate: OPENED WITHOUT A MEASUREMENT (--fail-open): {exc}")
+            return EXIT_OPEN
+        print(f"gate: CLOSED, memory could not be measured: {exc}")
+        return EXIT_UNMEASURABLE
     try:
         return await gate_command(args, backend, sys.stdout, sys.stderr)
     finally:
@@ -110,7 +118,11 @@ async def gate_command(
     engines = parse_engine_pids(args.engine_pid)
     clock = RealClock()
     probe = RetryingProbe(backend, clock=clock)
-    devices = resolve_devices(args.gpus, await probe.devices())
+    try:
+        devices = resolve_devices(args.gpus, await probe.devices())
+    except (BackendUnavailable, DeviceUnhealthy) as exc:
+        out.write(f"gate on {args.gpus}: CLOSED, memory could not be measured: {exc}\n")
+        return EXIT_UNMEASURABLE
     namespace = detect_pid_namespace()
     progress = _Progress(err, enabled=not args.quiet)
 
@@ -139,7 +151,7 @@ async def gate_command(
         if exc.report is not None:
             out.write(exc.report.render() + "\n")
         return EXIT_TIMEOUT
-    except GateUnmeasurable as exc:
+    except (GateUnmeasurable, DeviceUnhealthy) as exc:
         progress.done()
         out.write(f"{out_prefix}: CLOSED, memory could not be measured: {exc}\n")
         return EXIT_UNMEASURABLE
