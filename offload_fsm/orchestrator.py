@@ -62,6 +62,7 @@ from offload_fsm.probe.attribution import (
     ProcessTable,
     attribute,
     detect_pid_namespace,
+    read_process,
     resident_by_gpu,
 )
 from offload_fsm.probe.base import GpuDevice, ProbeBackend, ProbeRound
@@ -142,6 +143,7 @@ class Engine:
     resident_before: int | None = None  # max per-GPU resident bytes before the last release
     operations: int = 0
     history: list[str] = field(default_factory=list)
+    root_start: int | None = None  # start ticks of the root process when registered
 
     @property
     def id(self) -> str:
@@ -193,6 +195,10 @@ class Orchestrator:
         if spec.engine_id in self.engines:
             raise ConfigError("engine_id", spec.engine_id, "an id not registered yet")
         engine = Engine(spec, Lifecycle(spec.engine_id, initial=spec.initial))
+        root = spec.adapter.process_root
+        if spec.pids is None and root is not None:  # which process the root pid is, for good
+            info = read_process(self.config.proc_root, root)
+            engine.root_start = info.start_ticks if info is not None else None
         self.engines[spec.engine_id] = engine
         for dev in spec.devices:
             self._by_gpu.setdefault(dev.key, []).append(engine)
@@ -535,7 +541,12 @@ class Orchestrator:
         root = eng.spec.adapter.process_root
         if root is None:
             return frozenset()
-        return (table or self._table()).tree(root)
+        table = table or self._table()
+        info = table.get(root)
+        known = info is not None and None not in (eng.root_start, info.start_ticks)
+        if known and info is not None and info.start_ticks != eng.root_start:
+            return frozenset()  # the engine's root died and its pid was recycled
+        return table.tree(root)
 
     def _table(self) -> ProcessTable:
         return ProcessTable.snapshot(self.config.proc_root)

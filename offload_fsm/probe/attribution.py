@@ -37,6 +37,9 @@ class ProcInfo:
     ppid: int
     comm: str
     state: str  # "R", "S", "Z" (zombie), ...
+    # Clock ticks after boot when the process started (stat field 22): with the pid it names
+    # one process for good, so a recycled pid is told apart. None where not readable.
+    start_ticks: int | None = None
 
 
 class ProcessTable:
@@ -124,15 +127,28 @@ def parse_stat(pid: int, data: bytes) -> ProcInfo | None:
     close_at = data.rfind(b")")
     if open_at < 0 or close_at < open_at:
         return None
-    rest = data[close_at + 2 :].split(b" ", 2)
+    rest = data[close_at + 2 :].split(b" ", 20)
     if len(rest) < 2:
         return None
     try:
         ppid = int(rest[1])
     except ValueError:
         return None
+    start: int | None = None
+    if len(rest) > 19 and rest[19].strip().isdigit():  # field 22 (starttime)
+        start = int(rest[19])
     comm = data[open_at + 1 : close_at].decode("utf-8", "replace")
-    return ProcInfo(pid=pid, ppid=ppid, comm=comm, state=rest[0].decode("ascii", "replace"))
+    state = rest[0].decode("ascii", "replace")
+    return ProcInfo(pid=pid, ppid=ppid, comm=comm, state=state, start_ticks=start)
+
+
+def read_process(proc_root: str | os.PathLike[str], pid: int) -> ProcInfo | None:
+    """One process's ``stat`` (None when it is gone or unreadable)."""
+    try:
+        with open(os.path.join(os.fspath(proc_root), str(pid), "stat"), "rb") as f:
+            return parse_stat(pid, f.read(4096))
+    except OSError:
+        return None
 
 
 def detect_pid_namespace(proc_root: str | os.PathLike[str] = "/proc") -> str:
