@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from offload_fsm.lifecycle import TABLE, State, Trigger
 from offload_fsm.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig
 from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend, ProbeRound
 from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
+from offload_fsm.probe.retry import RetryingProbe, RetryPolicy
 
 E = TypeVar("E", bound=Event)
 
@@ -300,6 +302,7 @@ async def open_rig(
     truth: Callable[[str], int | None] | None = None,
     points: Checkpoints | None = None,
     config: OrchestratorConfig | None = None,
+    retry: RetryPolicy | None = None,
     **config_overrides: Any,
 ) -> AsyncIterator[Rig]:
     """A run: orchestrator + event log at ``directory/run.jsonl``; finishes the run on exit."""
@@ -325,6 +328,10 @@ async def open_rig(
     bus = EventBus()
     recorder = CheckingRecorder(bus, "reliability", clock, truth, cfg.threshold_bytes)
     recorder.points = points
+    if retry is not None:  # retries and give-ups are events in the log
+        backend = RetryingProbe(
+            backend, policy=retry, clock=clock, rng=random.Random(0), recorder=recorder
+        )
     os.makedirs(directory, exist_ok=True)
     path = directory / "run.jsonl"
     sub = bus.subscribe("event-log", capacity=1_000_000)

@@ -52,9 +52,9 @@ async def test_nested_deadlines_do_not_jump_time_while_a_task_runs() -> None:
     clock = VirtualClock()
     for _ in range(50):
         t0 = clock.now()
-        async with deadline(clock, 2.0):  # nobody sleeps: a watchdog task
-            async with deadline(clock, 0.5):  # the watchdog sleeps now: a timer, or another
-                await anyio.lowlevel.checkpoint()
+        # The outer finds nobody asleep (a watchdog task); the inner, a timer or another.
+        async with deadline(clock, 2.0), deadline(clock, 0.5):
+            await anyio.lowlevel.checkpoint()
         assert clock.now() == t0
         await clock.sleep(0.001)
     assert clock.now() == pytest.approx(0.05)
