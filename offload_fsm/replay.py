@@ -259,7 +259,7 @@ class LogReader:
                 if decoder is not None:
                     try:
                         event = decoder.decode(raw)
-                    except msgspec.DecodeError:
+                    except (msgspec.DecodeError, UnicodeDecodeError):  # codec says which
                         event = None
                     if event is not None and event.v == version:
                         yield lineno, event
