@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from offload_fsm.errors import ConfigError
-from offload_fsm.probe.base import GIB
+from offload_fsm.probe.base import GIB, GpuDevice
 
 THRESHOLD_ENV = "MILES_MAX_RESIDUAL_GPU_MEM_GB"
 
@@ -56,6 +56,22 @@ def threshold_from_env(env: Mapping[str, str] | None = None) -> tuple[int, str]:
     if THRESHOLD_ENV in env:
         return gib_to_bytes(parse_positive_gib(THRESHOLD_ENV, env[THRESHOLD_ENV])), THRESHOLD_ENV
     return gib_to_bytes(DEFAULT_THRESHOLD_GIB), "default"
+
+
+def check_threshold_fits(
+    name: str, raw: object, threshold_bytes: int, devices: Iterable[GpuDevice]
+) -> None:
+    """Refuse a wake threshold at or above a GPU's total memory: used memory can never exceed
+    it there, so the gate would open onto anything (the gate silently turned off)."""
+    for dev in devices:
+        total = dev.total_bytes
+        if total is not None and threshold_bytes >= total:
+            raise ConfigError(
+                name,
+                raw,
+                f"a threshold below the {total / GIB:g} GiB of {dev.label()} ({dev.uuid}); "
+                "one the GPU cannot exceed turns the wake gate off",
+            )
 
 
 def parse_positive_int(name: str, raw: str | int, *, minimum: int = 1) -> int:

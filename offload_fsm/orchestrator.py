@@ -33,6 +33,7 @@ from offload_fsm.config import (
     CUDA_CONTEXT_FLOOR_GIB,
     DEFAULT_RELEASE_MARGIN_GIB,
     GatePolicy,
+    check_threshold_fits,
     gib_to_bytes,
 )
 from offload_fsm.errors import (
@@ -194,6 +195,8 @@ class Orchestrator:
     async def register(self, spec: EngineSpec) -> Engine:
         if spec.engine_id in self.engines:
             raise ConfigError("engine_id", spec.engine_id, "an id not registered yet")
+        threshold = self.config.threshold_bytes
+        check_threshold_fits("threshold_bytes", threshold, threshold, spec.devices)
         engine = Engine(spec, Lifecycle(spec.engine_id, initial=spec.initial))
         root = spec.adapter.process_root
         if spec.pids is None and root is not None:  # which process the root pid is, for good

@@ -25,6 +25,7 @@ from offload_fsm.config import (
     DEFAULT_THRESHOLD_GIB,
     THRESHOLD_ENV,
     GatePolicy,
+    check_threshold_fits,
     gib_to_bytes,
     parse_positive_gib,
     parse_positive_int,
@@ -107,8 +108,10 @@ async def gate_command(
 
     if args.threshold is None:
         threshold, source = threshold_from_env(os.environ)
+        name, raw = source, os.environ.get(source, f"{DEFAULT_THRESHOLD_GIB:g}")
     else:
         threshold, source = gib_to_bytes(parse_positive_gib("--threshold", args.threshold)), "flag"
+        name, raw = "--threshold", args.threshold
     policy = GatePolicy(
         settle_samples=parse_positive_int("--settle", args.settle),
         deadline_s=parse_positive_seconds("--timeout", args.timeout),
@@ -123,6 +126,7 @@ async def gate_command(
     except (BackendUnavailable, DeviceUnhealthy) as exc:
         out.write(f"gate on {args.gpus}: CLOSED, memory could not be measured: {exc}\n")
         return EXIT_UNMEASURABLE
+    check_threshold_fits(name, raw, threshold, devices)
     namespace = detect_pid_namespace()
     progress = _Progress(err, enabled=not args.quiet)
 

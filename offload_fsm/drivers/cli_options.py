@@ -17,6 +17,7 @@ from offload_fsm.config import (
 )
 from offload_fsm.drivers.runner import RunOptions
 from offload_fsm.drivers.sim_world import SimOptions
+from offload_fsm.errors import ConfigError
 from offload_fsm.topology import PipelineTopology
 
 
@@ -58,13 +59,23 @@ def run_options(
     args: argparse.Namespace, topologies: tuple[PipelineTopology, ...], command: str
 ) -> RunOptions:
     if args.threshold is None:
-        threshold, _ = threshold_from_env(os.environ)
+        threshold, source = threshold_from_env(os.environ)
+        name, raw = source, os.environ.get(source, f"{DEFAULT_THRESHOLD_GIB:g}")
     else:
         threshold = gib_to_bytes(parse_positive_gib("--threshold", args.threshold))
+        name, raw = "--threshold", args.threshold
+    if getattr(args, "engines", "sim") == "sim":
+        # Checked here, before anything is written (real GPUs: when engines register).
+        gpu_bytes = gib_to_bytes(parse_positive_gib("--gpu-gib", args.gpu_gib))
+        if threshold >= gpu_bytes:
+            raise ConfigError(
+                name,
+                raw,
+                f"a threshold below the simulated {args.gpu_gib} GiB GPUs (--gpu-gib); one "
+                "the GPU cannot exceed turns the wake gate off",
+            )
     share = float(args.late_release_share) if _is_float(args.late_release_share) else -1.0
     if not 0.0 <= share <= 1.0:
-        from offload_fsm.errors import ConfigError
-
         raise ConfigError("--late-release-share", args.late_release_share, "a number in [0, 1]")
     return RunOptions(
         topologies=topologies,
