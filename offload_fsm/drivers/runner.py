@@ -22,6 +22,7 @@ from offload_fsm.bus import EventBus, Recorder
 from offload_fsm.clock import Clock, RealClock, VirtualClock
 from offload_fsm.concurrency import all_or_first_error
 from offload_fsm.config import GatePolicy
+from offload_fsm.config_file import RunConfig
 from offload_fsm.drivers.pipeline import Pipeline, shrink_gpus_for
 from offload_fsm.drivers.progress import ProgressPrinter
 from offload_fsm.drivers.sim_world import SimOptions, build_sim_world
@@ -94,6 +95,38 @@ async def run_standin(
             await world.aclose()
     finally:
         await probe.aclose()
+
+
+async def run_configured(
+    opts: RunOptions,
+    config: RunConfig,
+    *,
+    probe: ProbeBackend | None = None,
+    pid_namespace: str | None = None,
+    out: TextIO | None = None,
+) -> RunOutcome:
+    """Run the pipelines of a configuration file with its real engines (real time).
+
+    ``probe`` defaults to the machine's (``[run] backend``, else auto: NVML, nvidia-smi)."""
+    from offload_fsm.drivers.config_world import build_config_world
+    from offload_fsm.probe.attribution import detect_pid_namespace
+    from offload_fsm.probe.select import open_backend
+
+    out = out or sys.stdout
+    clock = RealClock()
+    own_probe = probe is None
+    if probe is None:
+        probe = await open_backend(str(config.run.get("backend", "auto")), clock=clock)
+    try:
+        world = await build_config_world(config, probe, pid_namespace or detect_pid_namespace())
+        try:
+            opts.topologies = world.topologies
+            return await _run(opts, clock, world, out)
+        finally:
+            await world.aclose()
+    finally:
+        if own_probe:
+            await probe.aclose()
 
 
 class World(Protocol):
