@@ -39,7 +39,7 @@ def decode(line: bytes | str, *, lineno: int | None = None) -> Event:
         if decoder is not None:
             try:
                 event: Event = decoder.decode(raw)
-            except (msgspec.DecodeError, UnicodeDecodeError):
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                 pass  # fall through to the generic path for a precise message
             else:
                 if event.v == SCHEMA_VERSION:
@@ -53,9 +53,9 @@ def _decode_slow(raw: bytes, lineno: int | None) -> Event:
     except msgspec.DecodeError as exc:
         raise EventDecodeError(f"not valid JSON ({exc})", line=lineno) from exc
     except UnicodeDecodeError as exc:  # msgspec lets invalid UTF-8 in a string through as this
-        raise EventDecodeError(
-            f"not valid UTF-8 ({exc.reason} at byte {exc.start})", line=lineno
-        ) from exc
+        raise EventDecodeError(f"not valid UTF-8 in a string ({exc.reason})", line=lineno) from exc
+    except RecursionError:  # arrays nested thousands deep: not an event, whatever it is
+        raise EventDecodeError("not an event: nested too deeply", line=lineno) from None
     if not isinstance(obj, dict):
         raise EventDecodeError("an event must be a JSON object", line=lineno)
     kind = obj.pop("kind", None)

@@ -1,178 +1,257 @@
-"""Run settings from a TOML file (``offload-fsm demo --config FILE``), strictly checked.
+"""Run configuration files: real engines for the drivers, read strictly.
 
-TOML because it is what Python itself reads (``tomllib``, 3.11+; the ``tomli`` backport is a
-dependency on 3.10 only) and it has real types: numbers, booleans, strings, arrays. Every key
-is checked: an unknown key, a wrong type (``true`` where a number belongs, ``"8"`` where 8
-does) or a value out of range is a :class:`~offload_fsm.errors.ConfigError` naming the file,
-the key and what is accepted; nothing is defaulted silently. An example::
+A TOML (``.toml``) or JSON (``.json``) file::
 
-    threshold = 8.0          # wake gate: max whole-GPU used GiB
-    steps = 5
+    [run]                        # optional; flags override these
+    threshold_gib = 8
     settle = 3
-    gate_timeout = 60        # seconds
-    seed = 0
-    gpus = 4
-    gpu_gib = 80
-    rollout = 2.0            # seconds per step
-    train = 3.0
-    cotenant = true
-    late_release_share = 0.3
-    out = "runs"
-    # run_id = "my-run"      fail = "p2.engine1:resume:2"      quiet = false
+    gate_timeout_s = 60
+    steps = 5
+    backend = "auto"             # auto | nvml | smi
 
-    [topology]               # all four or none (instead of MILES_DUAL_*)
-    p1_train = [0]
-    p1_infer = [0, 1, 2]
-    p2_train = [3]
-    p2_infer = [1, 2, 3]
+    [[pipeline]]
+    name = "p1"
+    train = [0]
+    infer = [0, 1, 2]
 
-Precedence: a command-line flag, then the file, then the environment
-(``MILES_MAX_RESIDUAL_GPU_MEM_GB``, ``MILES_DUAL_*``), then the built-in default.
+    [[engine]]
+    id = "p1.engine0"
+    pipeline = "p1"
+    role = "engine"              # engine | trainer
+    adapter = "sglang"           # sglang | vllm | trainer
+    url = "http://127.0.0.1:30000"
+    root_pid = 12345             # the launcher's pid: its process tree is the engine's
+    gpus = [0]                   # physical NVML indices, UUIDs or PCI bus ids
+
+    [[engine]]
+    id = "p1.trainer"
+    pipeline = "p1"
+    role = "trainer"
+    adapter = "trainer"
+    offload = "my_pkg.train:offload"   # "module:function", sync or async, takes tags
+    onload = "my_pkg.train:onload"
+    gpus = [0]
+
+Unknown keys, wrong types and missing keys are :class:`ConfigError` naming the file and the key
+path (``engine[1].url``); nothing is guessed.
 """
 
 from __future__ import annotations
 
-import math
-import os
+import importlib
+import json
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from offload_fsm.config import parse_positive_gib, parse_positive_int, parse_positive_seconds
 from offload_fsm.errors import ConfigError
-from offload_fsm.topology import DUAL_ENV
 
 if sys.version_info >= (3, 11):
     import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
+else:  # pragma: no cover
     import tomli as tomllib
 
-TOPOLOGY_KEYS = ("p1_train", "p1_infer", "p2_train", "p2_infer")
-
-
-def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(name, value, "a number (not a string or a boolean)")
-    return float(value)
-
-
-def _integer(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(name, value, f"an integer >= {minimum}")
-    return parse_positive_int(name, value, minimum=minimum)
-
-
-def _text(name: str, value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(name, value, "a non-empty string")
-    return value
-
-
-def _flag(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(name, value, "true or false")
-    return value
-
-
-def _share(name: str, value: object) -> float:
-    share = _number(name, value)
-    if not (math.isfinite(share) and 0.0 <= share <= 1.0):
-        raise ConfigError(name, value, "a number in [0, 1]")
-    return share
-
-
-# key -> (argparse dest, check(name, value) -> the value as the flag's string form)
-_KEYS: dict[str, tuple[str, Callable[[str, object], object]]] = {
-    "threshold": ("threshold", lambda n, v: parse_positive_gib(n, _number(n, v))),
-    "steps": ("steps", lambda n, v: _integer(n, v, 1)),
-    "settle": ("settle", lambda n, v: _integer(n, v, 1)),
-    "gate_timeout": ("gate_timeout", lambda n, v: parse_positive_seconds(n, _number(n, v))),
-    "seed": ("seed", lambda n, v: _integer(n, v, 0)),
-    "gpus": ("gpus", lambda n, v: _integer(n, v, 1)),
-    "gpu_gib": ("gpu_gib", lambda n, v: parse_positive_gib(n, _number(n, v))),
-    "rollout": ("rollout", lambda n, v: parse_positive_seconds(n, _number(n, v))),
-    "train": ("train", lambda n, v: parse_positive_seconds(n, _number(n, v))),
-    "cotenant": ("no_cotenant", lambda n, v: not _flag(n, v)),
-    "late_release_share": ("late_release_share", _share),
-    "out": ("out", _text),
-    "run_id": ("run_id", _text),
-    "fail": ("fail", _text),
-    "quiet": ("quiet", _flag),
+ADAPTERS = ("sglang", "vllm", "trainer")
+ROLES = ("engine", "trainer")
+_RUN_KEYS = {
+    "threshold_gib": (int, float),
+    "settle": int,
+    "gate_timeout_s": (int, float),
+    "steps": int,
+    "backend": str,
 }
 
 
 @dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    name: str
+    train: tuple[int, ...]
+    infer: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    id: str
+    pipeline: str
+    role: str
+    adapter: str
+    gpus: tuple[str | int, ...]
+    url: str | None = None
+    root_pid: int | None = None
+    offload: str | None = None
+    onload: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RunConfig:
-    """What a config file set: values by argparse dest, and the topology if it has one."""
-
-    path: str
-    values: Mapping[str, object] = field(default_factory=dict)
-    topology: Mapping[str, tuple[int, ...]] | None = None  # p1_train ... -> GPU ids
-
-    def by_key(self) -> dict[str, tuple[str, object]]:
-        """The file's key -> (argparse dest, value), for the keys it set."""
-        return {k: (d, self.values[d]) for k, (d, _) in _KEYS.items() if d in self.values}
-
-    def topology_env(self) -> dict[str, str]:
-        """The topology as the ``MILES_DUAL_*`` values it replaces (empty: none set)."""
-        if self.topology is None:
-            return {}
-        return {
-            env: ",".join(map(str, self.topology[key]))
-            for env, key in zip(DUAL_ENV, TOPOLOGY_KEYS, strict=True)
-        }
+    path: Path
+    run: Mapping[str, Any] = field(default_factory=dict)
+    pipelines: tuple[PipelineConfig, ...] = ()
+    engines: tuple[EngineConfig, ...] = ()
 
 
-def load_run_config(path: str | os.PathLike[str]) -> RunConfig:
-    """Read and check a run config file (see the module docstring)."""
-    where = os.fspath(path)
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read and validate a run configuration file."""
+    p = Path(path)
+    where = str(p)
     try:
-        with open(where, "rb") as f:
-            data = tomllib.load(f)
+        raw = p.read_bytes()
     except OSError as exc:
-        raise ConfigError("--config", where, f"a readable TOML file ({exc.strerror})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError("--config", where, f"a valid TOML file ({exc})") from None
-    values: dict[str, object] = {}
-    topology = None
-    for key, value in data.items():
-        name = f"{where}: {key}"
-        if key == "topology":
-            topology = _topology(where, value)
-            continue
-        if key not in _KEYS:
-            accepted = ", ".join([*_KEYS, "[topology]"])
-            raise ConfigError(f"{where}: key", key, f"one of {accepted}")
-        dest, check = _KEYS[key]
-        values[dest] = check(name, value)
-    return RunConfig(where, values, topology)
+        raise ConfigError("config file", where, f"a readable file ({exc.strerror})") from exc
+    try:
+        if p.suffix == ".toml":
+            data = tomllib.loads(raw.decode("utf-8"))
+        elif p.suffix == ".json":
+            data = json.loads(raw)
+        else:
+            raise ConfigError("config file", where, "a .toml or .json file")
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # also nested too deep
+        raise ConfigError("config file", where, f"valid {p.suffix[1:].upper()} ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}", type(data).__name__, "a table/object at the top")
+    _only(data, {"run", "pipeline", "engine"}, where)
+    run = data.get("run", {})
+    _table(run, f"{where}: run")
+    _only(run, set(_RUN_KEYS), f"{where}: run")
+    for key, kind in _RUN_KEYS.items():
+        if key in run:
+            _type(run[key], kind, f"{where}: run.{key}")
+    pipelines = tuple(
+        _pipeline(item, f"{where}: pipeline[{i}]")
+        for i, item in enumerate(_list(data.get("pipeline", []), f"{where}: pipeline"))
+    )
+    engines = tuple(
+        _engine(item, f"{where}: engine[{i}]")
+        for i, item in enumerate(_list(data.get("engine", []), f"{where}: engine"))
+    )
+    if not engines:
+        raise ConfigError(f"{where}: engine", [], "at least one [[engine]]")
+    ids = [e.id for e in engines]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ConfigError(f"{where}: engine ids", dupes, "distinct ids")
+    names = {pl.name for pl in pipelines}
+    for i, eng in enumerate(engines):
+        if pipelines and eng.pipeline not in names:
+            raise ConfigError(
+                f"{where}: engine[{i}].pipeline",
+                eng.pipeline,
+                f"one of the pipelines {sorted(names)}",
+            )
+    return RunConfig(p, dict(run), pipelines, engines)
 
 
-def _topology(where: str, table: object) -> dict[str, tuple[int, ...]]:
-    name = f"{where}: [topology]"
-    if not isinstance(table, dict):
-        raise ConfigError(name, table, f"a table with {', '.join(TOPOLOGY_KEYS)}")
-    unknown = [k for k in table if k not in TOPOLOGY_KEYS]
-    if unknown:
-        raise ConfigError(f"{name} key", unknown[0], f"one of {', '.join(TOPOLOGY_KEYS)}")
-    missing = [k for k in TOPOLOGY_KEYS if k not in table]
-    if missing:
+def load_hook(spec: str, name: str) -> Callable[..., Any]:
+    """``"module:function"`` -> the callable (a trainer's offload / onload)."""
+    module, _, attr = spec.partition(":")
+    if not module or not attr:
+        raise ConfigError(name, spec, '"module:function"')
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(name, spec, f"an importable callable ({exc})") from exc
+    if not callable(obj):
+        raise ConfigError(name, spec, "a callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def _pipeline(item: Any, where: str) -> PipelineConfig:
+    _table(item, where)
+    _only(item, {"name", "train", "infer"}, where)
+    name = _required(item, "name", str, where)
+    train = tuple(_ints(_required(item, "train", list, where), f"{where}.train"))
+    infer = tuple(_ints(_required(item, "infer", list, where), f"{where}.infer"))
+    return PipelineConfig(name, train, infer)
+
+
+def _engine(item: Any, where: str) -> EngineConfig:
+    _table(item, where)
+    _only(
+        item,
+        {"id", "pipeline", "role", "adapter", "gpus", "url", "root_pid", "offload", "onload"},
+        where,
+    )
+    eid = _required(item, "id", str, where)
+    role = _required(item, "role", str, where)
+    if role not in ROLES:
+        raise ConfigError(f"{where}.role", role, " | ".join(ROLES))
+    adapter = _required(item, "adapter", str, where)
+    if adapter not in ADAPTERS:
+        raise ConfigError(f"{where}.adapter", adapter, " | ".join(ADAPTERS))
+    gpus = _required(item, "gpus", list, where)
+    if not gpus or not all(isinstance(g, (str, int)) and not isinstance(g, bool) for g in gpus):
+        raise ConfigError(f"{where}.gpus", gpus, "a non-empty list of GPU ids")
+    cfg = EngineConfig(
+        id=eid,
+        pipeline=_required(item, "pipeline", str, where),
+        role=role,
+        adapter=adapter,
+        gpus=tuple(gpus),
+        url=_optional(item, "url", str, where),
+        root_pid=_optional(item, "root_pid", int, where),
+        offload=_optional(item, "offload", str, where),
+        onload=_optional(item, "onload", str, where),
+    )
+    if adapter in ("sglang", "vllm"):
+        if cfg.url is None:
+            raise ConfigError(f"{where}.url", None, f"the {adapter} server's URL")
+        if cfg.offload or cfg.onload:
+            raise ConfigError(f"{where}.offload", cfg.offload, "only for adapter = 'trainer'")
+    elif cfg.offload is None or cfg.onload is None:
         raise ConfigError(
-            name,
-            sorted(table),
-            f"all of {', '.join(TOPOLOGY_KEYS)} (missing: {', '.join(missing)})",
+            f"{where}.offload/onload", (cfg.offload, cfg.onload), '"module:function" for both'
         )
-    out: dict[str, tuple[int, ...]] = {}
-    for key in TOPOLOGY_KEYS:
-        ids = table[key]
-        if (
-            not isinstance(ids, list)
-            or not ids
-            or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)
-        ):
-            raise ConfigError(f"{name} {key}", ids, "a non-empty array of GPU ids (integers >= 0)")
-        out[key] = tuple(ids)
-    return out
+    if cfg.root_pid is not None and cfg.root_pid <= 0:
+        raise ConfigError(f"{where}.root_pid", cfg.root_pid, "a positive pid")
+    return cfg
 
 
-__all__ = ["TOPOLOGY_KEYS", "RunConfig", "load_run_config"]
+def _only(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}.{unknown[0]}",
+            table[unknown[0]],
+            f"a known key ({', '.join(sorted(allowed))})",
+        )
+
+
+def _table(value: Any, where: str) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(where, value, "a table")
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ConfigError(where, value, "an array of tables")
+    return value
+
+
+def _type(value: Any, kind: Any, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ConfigError(where, value, f"a {names}")
+
+
+def _required(table: Mapping[str, Any], key: str, kind: Any, where: str) -> Any:
+    if key not in table:
+        raise ConfigError(f"{where}.{key}", None, f"a {kind.__name__} (required)")
+    _type(table[key], kind, f"{where}.{key}")
+    return table[key]
+
+
+def _optional(table: Mapping[str, Any], key: str, kind: Any, where: str) -> Any:
+    if key not in table:
+        return None
+    _type(table[key], kind, f"{where}.{key}")
+    return table[key]
+
+
+def _ints(values: list[Any], where: str) -> list[int]:
+    if not values or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values
+    ):
+        raise ConfigError(where, values, "a non-empty list of GPU ids >= 0")
+    return values

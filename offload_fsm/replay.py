@@ -259,7 +259,7 @@ class LogReader:
                 if decoder is not None:
                     try:
                         event = decoder.decode(raw)
-                    except (msgspec.DecodeError, UnicodeDecodeError):  # codec says which
+                    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                         event = None
                     if event is not None and event.v == version:
                         yield lineno, event

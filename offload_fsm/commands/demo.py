@@ -18,19 +18,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 import anyio
 
 from offload_fsm.config import parse_positive_gib, parse_positive_int
-from offload_fsm.config_file import TOPOLOGY_KEYS, load_run_config
 from offload_fsm.drivers.cli_options import add_run_arguments, run_options
 from offload_fsm.drivers.report import print_report
 from offload_fsm.drivers.runner import RunOutcome, run_simulated, run_standin
-from offload_fsm.errors import ConfigError
 from offload_fsm.probe.select import BACKEND_NAMES
-from offload_fsm.topology import DUAL_ENV, PipelineTopology, dual_topology
+from offload_fsm.topology import dual_topology
 
 
 def register(sub: Any) -> None:
@@ -60,59 +57,27 @@ def register(sub: Any) -> None:
         action="store_true",
         help="torch stand-ins release with torch_memory_saver pause/resume",
     )
-    p.add_argument(
-        "--config",
-        metavar="FILE",
-        default=None,
-        help="run settings from a TOML file (offload_fsm/config_file.py); flags win",
-    )
     p.set_defaults(run=run)
-    p.set_defaults(demo_defaults=vars(p.parse_args([])))
 
 
 def run(args: argparse.Namespace) -> int:
     outcome: RunOutcome
-    env: Mapping[str, str] = os.environ
-    from_file: dict[str, str] = {}  # flag -> the file's key that set it
-    if args.config is not None:
-        config = load_run_config(args.config)
-        for key, (dest, value) in config.by_key().items():
-            if getattr(args, dest) == args.demo_defaults.get(dest):  # not set by a flag
-                setattr(args, dest, value if isinstance(value, bool) else str(value))
-                from_file["--" + dest.replace("_", "-")] = f"{args.config}: {key}"
-        if config.topology is not None:  # the file's topology replaces MILES_DUAL_*
-            env = config.topology_env()
     if args.engines == "sim":
         if args.backend not in (None, "fake"):
+            from offload_fsm.errors import ConfigError
+
             raise ConfigError("--backend", args.backend, "fake with --engines sim")
         gpu_count = parse_positive_int("--gpus", args.gpus)
-        try:
-            opts = run_options(args, _topologies(args, gpu_count, env), "offload-fsm demo")
-        except ConfigError as exc:  # a value the file set: name the file and its key
-            if exc.name not in from_file:
-                raise
-            raise ConfigError(from_file[exc.name], exc.value, exc.accepted) from None
+        opts = run_options(args, dual_topology(gpu_count, os.environ), "offload-fsm demo")
         outcome = anyio.run(run_simulated, opts)
     else:
         outcome = anyio.run(_torch, args)
     return print_report(outcome, sys.stdout)
 
 
-def _topologies(
-    args: argparse.Namespace, gpu_count: int, env: Mapping[str, str]
-) -> tuple[PipelineTopology, ...]:
-    if args.config is None or env is os.environ:
-        return dual_topology(gpu_count, env)
-    try:
-        return dual_topology(gpu_count, env)
-    except ConfigError as exc:  # name the file's key, not the variable it stands in for
-        key = dict(zip(DUAL_ENV, TOPOLOGY_KEYS, strict=True)).get(exc.name, exc.name)
-        name = f"{args.config}: [topology] {key}"
-        raise ConfigError(name, exc.value, exc.accepted) from None
-
-
 async def _torch(args: argparse.Namespace) -> RunOutcome:
     from offload_fsm.drivers.standin_world import topologies_for
+    from offload_fsm.errors import ConfigError
     from offload_fsm.probe.select import open_backend
 
     backend = args.backend or "auto"

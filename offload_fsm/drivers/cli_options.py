@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from offload_fsm.config import (
     DEFAULT_THRESHOLD_GIB,
@@ -22,7 +24,7 @@ from offload_fsm.topology import PipelineTopology
 
 
 def add_run_arguments(p: argparse.ArgumentParser, *, steps: int = 5) -> None:
-    p.add_argument("--steps", default=str(steps), help=f"pipeline steps (default {steps})")
+    p.add_argument("--steps", default=None, help=f"pipeline steps (default {steps})")
     p.add_argument(
         "--threshold",
         metavar="GIB",
@@ -30,8 +32,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *, steps: int = 5) -> None:
         help=f"wake gate: max whole-GPU used GiB (default ${THRESHOLD_ENV}, "
         f"else {DEFAULT_THRESHOLD_GIB:g})",
     )
-    p.add_argument("--settle", default="3", help="rounds the gate condition must hold (3)")
-    p.add_argument("--gate-timeout", metavar="S", default="60", help="wake gate deadline (60 s)")
+    p.add_argument("--settle", default=None, help="rounds the gate condition must hold (3)")
+    p.add_argument("--gate-timeout", metavar="S", default=None, help="wake gate deadline (60 s)")
     p.add_argument("--seed", default="0", help="simulation seed (late releases, faults)")
     p.add_argument("--out", metavar="DIR", default="runs", help="output directory (runs/)")
     p.add_argument("--run-id", default=None, help="run id (default: time-stamped)")
@@ -56,16 +58,29 @@ def add_run_arguments(p: argparse.ArgumentParser, *, steps: int = 5) -> None:
 
 
 def run_options(
-    args: argparse.Namespace, topologies: tuple[PipelineTopology, ...], command: str
+    args: argparse.Namespace,
+    topologies: tuple[PipelineTopology, ...],
+    command: str,
+    config: Mapping[str, Any] | None = None,
 ) -> RunOptions:
-    if args.threshold is None:
-        threshold, source = threshold_from_env(os.environ)
-        name, raw = source, os.environ.get(source, f"{DEFAULT_THRESHOLD_GIB:g}")
-    else:
+    """Flags first, then a configuration file's ``[run]`` table, then the defaults."""
+    config = config or {}
+
+    def pick(flag: str | None, key: str, default: object) -> object:
+        return flag if flag is not None else config.get(key, default)
+
+    if args.threshold is not None:
         threshold = gib_to_bytes(parse_positive_gib("--threshold", args.threshold))
         name, raw = "--threshold", args.threshold
-    if getattr(args, "engines", "sim") == "sim":
-        # Checked here, before anything is written (real GPUs: when engines register).
+    elif "threshold_gib" in config:
+        threshold = gib_to_bytes(parse_positive_gib("threshold_gib", config["threshold_gib"]))
+        name, raw = "threshold_gib", config["threshold_gib"]
+    else:
+        threshold, name = threshold_from_env(os.environ)
+        raw = os.environ.get(name, f"{DEFAULT_THRESHOLD_GIB:g}")
+    if topologies and getattr(args, "engines", "sim") == "sim":
+        # Simulated GPUs: checked here, before anything is written (real GPUs are checked
+        # when their engines register).
         gpu_bytes = gib_to_bytes(parse_positive_gib("--gpu-gib", args.gpu_gib))
         if threshold >= gpu_bytes:
             raise ConfigError(
@@ -80,13 +95,16 @@ def run_options(
     return RunOptions(
         topologies=topologies,
         threshold_bytes=threshold,
-        steps=parse_positive_int("--steps", args.steps),
+        steps=parse_positive_int("--steps", pick(args.steps, "steps", 5)),  # type: ignore[arg-type]
         out_dir=Path(args.out),
         run_id=args.run_id,
         rollout_s=parse_positive_seconds("--rollout", args.rollout),
         train_s=parse_positive_seconds("--train", args.train),
-        settle=parse_positive_int("--settle", args.settle),
-        gate_timeout_s=parse_positive_seconds("--gate-timeout", args.gate_timeout),
+        settle=parse_positive_int("--settle", pick(args.settle, "settle", 3)),  # type: ignore[arg-type]
+        gate_timeout_s=parse_positive_seconds(
+            "--gate-timeout",
+            pick(args.gate_timeout, "gate_timeout_s", 60),  # type: ignore[arg-type]
+        ),
         progress=not args.quiet,
         command=command,
         sim=SimOptions(

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -259,6 +258,8 @@ def _good_log(path: Path) -> list[Event]:
         (b'{"kind":"no_such_kind","v":1}\n', "unknown event kind"),
         (b'{"kind":"run_finished","v":99,"seq":1,"ts":1,"run_id":"r","status":"ok"}\n', "newer"),
         (b"[1, 2, 3]\n", "JSON object"),
+        (b"[" * 100_000 + b"\n", "nested too deeply"),  # was a RecursionError traceback
+        (b'{"kind":"run_started","command":' + b"[" * 100_000 + b"\n", "nested too deeply"),
         # a corrupted byte inside a string (found by the fuzz: it escaped as UnicodeDecodeError)
         (b'{"kind":"run_started","v":1,"seq":1,"ts":1,"run_id":"\x80"}\n', "not valid UTF-8"),
         (b'{"kind":"run_finished","v":1,"seq":"one","ts":1,"run_id":"r","status":"ok"}\n', "seq"),
@@ -303,86 +304,105 @@ def test_a_log_cut_mid_line_is_reported_not_fatal(
     assert code == 0 and "truncated" in out
 
 
-# --- config files ----------------------------------------------------------------------------
+# --- config files (drivers/run_miles_*.py --config FILE: offload_fsm.config_file) ------------
+
+ENGINE = """
+[[engine]]
+id = "e0"
+pipeline = "p1"
+role = "engine"
+adapter = "sglang"
+url = "http://127.0.0.1:1"
+gpus = [0]
+"""
+PIPELINE = '[[pipeline]]\nname = "p1"\ntrain = [0]\ninfer = [0]\n'
+
+
+def drivers(tmp_path: Path, *args: str) -> tuple[int, str]:
+    """drivers/run_miles_dual.py in this process; (exit code, stderr)."""
+    import contextlib
+    import io
+
+    from offload_fsm.drivers.scripts import dual_main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = dual_main(["--quiet", "--out", str(tmp_path / "runs"), *args])
+    return code, err.getvalue()
 
 
 @pytest.mark.parametrize(
     ("text", "names"),
     [
-        ("thresold = 8\n", ["key='thresold'", "one of threshold"]),  # a typo
-        ("threshold = '8'\n", ["threshold", "a number"]),
-        ("threshold = true\n", ["threshold", "a number"]),
-        ("threshold = 0\n", ["threshold", "positive"]),
-        ("threshold = nan\n", ["threshold", "positive"]),
-        ("threshold = 1e30\n", ["threshold", "not a GPU size"]),
-        ("threshold = 100\n", ["threshold", "turns the wake gate off"]),
-        ("steps = 2.5\n", ["steps", "an integer"]),
-        ("steps = true\n", ["steps", "an integer"]),
-        ("steps = 0\n", ["steps", "an integer >= 1"]),
-        ("seed = -1\n", ["seed", ">= 0"]),
-        ("cotenant = 1\n", ["cotenant", "true or false"]),
-        ("late_release_share = 2\n", ["late_release_share", "[0, 1]"]),
-        ("out = ''\n", ["out", "non-empty string"]),
-        ("out = 3\n", ["out", "non-empty string"]),
-        ("gate_timeout = [1]\n", ["gate_timeout", "a number"]),
-        ("this is not toml\n", ["--config", "valid TOML", "line 1"]),
-        ("[topology]\np1_train = [0]\n", ["[topology]", "missing"]),
-        ("[topology]\nextra = [0]\n", ["[topology] key", "extra"]),
-        ("topology = 3\n", ["[topology]", "a table"]),
-        (
-            "[topology]\np1_train=[0]\np1_infer=[0,1,2]\np2_train=['3']\np2_infer=[1,2,3]\n",
-            ["p2_train", "integers"],
-        ),
-        (
-            "[topology]\np1_train=[0]\np1_infer=[0,1,9]\np2_train=[3]\np2_infer=[1,2,3]\n",
-            ["[topology] p1_infer", "out of range"],
-        ),
-        (
-            "[topology]\np1_train=[3]\np1_infer=[0,1,2]\np2_train=[3]\np2_infer=[1,2,3]\n",
-            ["p1.train", "subset of infer"],
-        ),
+        ("runn = 1\n" + ENGINE, ["runn", "a known key"]),  # a typo at the top
+        ("[run]\nthresold_gib = 8\n" + ENGINE, ["run.thresold_gib", "a known key"]),
+        ("[run]\nthreshold_gib = '8'\n" + ENGINE, ["run.threshold_gib", "int or float"]),
+        ("[run]\nthreshold_gib = true\n" + ENGINE, ["run.threshold_gib", "int or float"]),
+        ("[run]\nsteps = 2.5\n" + ENGINE, ["run.steps", "int"]),
+        ("[run]\nbackend = 3\n" + ENGINE, ["run.backend", "str"]),
+        ("run = 3\n" + ENGINE, ["run", "a table"]),
+        ("", ["engine", "at least one"]),
+        (ENGINE.replace('url = "http://127.0.0.1:1"\n', ""), ["engine[0].url", "URL"]),
+        (ENGINE.replace('"sglang"', '"tgi"'), ["engine[0].adapter", "sglang | vllm | trainer"]),
+        (ENGINE.replace('"engine"\nadapter', '"boss"\nadapter'), ["engine[0].role"]),
+        (ENGINE.replace("gpus = [0]", "gpus = []"), ["engine[0].gpus", "non-empty"]),
+        (ENGINE.replace("gpus = [0]", "gpus = [true]"), ["engine[0].gpus"]),
+        (ENGINE + "root_pid = -3\n", ["engine[0].root_pid", "positive"]),
+        (ENGINE + "root_pid = '7'\n", ["engine[0].root_pid", "int"]),
+        (ENGINE + "colour = 'red'\n", ["engine[0].colour", "a known key"]),
+        (ENGINE + ENGINE, ["engine ids", "distinct"]),
+        (PIPELINE.replace('"p1"', '"p9"') + ENGINE, ["engine[0].pipeline", "p9"]),
+        (PIPELINE.replace("train = [0]", "train = [-1]") + ENGINE, ["pipeline[0].train"]),
+        (PIPELINE.replace("infer = [0]", "infer = '0'") + ENGINE, ["pipeline[0].infer"]),
+        ("this is not toml\n", ["valid TOML"]),
+        ("a = " + "[" * 5000 + "\n", ["valid TOML"]),  # nested too deep: was a traceback
     ],
 )
-def test_bad_config_files(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, names: list[str]
-) -> None:
+def test_bad_config_files(tmp_path: Path, text: str, names: list[str]) -> None:
     path = tmp_path / "run.toml"
     path.write_text(text)
-    code, _, err = run_cli(capsys, *demo(tmp_path, "--config", str(path)))
-    assert_user_error(code, err, *names)
-    assert str(path) in err  # the file is named
+    code, err = drivers(tmp_path, "--config", str(path))
+    assert_user_error(code, err, str(path), *names)
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "says"),
+    [
+        ("run.json", b"[" * 100_000, "valid JSON"),  # nested too deep: was a traceback
+        ("run.json", b'{"engine": 3}', "an array of tables"),
+        ("run.json", b"[]", "a table/object at the top"),
+        ("run.json", b"\xff\xfe", "valid JSON"),
+        ("run.toml", b"\xff\xfe", "valid TOML"),
+        ("run.yaml", b"engine: []", "a .toml or .json file"),
+    ],
+)
+def test_bad_config_file_formats(tmp_path: Path, name: str, content: bytes, says: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    code, err = drivers(tmp_path, "--config", str(path))
+    assert_user_error(code, err, says)
     assert not (tmp_path / "runs").exists()
 
 
-def test_unreadable_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreadable_config_file(tmp_path: Path) -> None:
     for target in (tmp_path / "missing.toml", tmp_path):
-        code, _, err = run_cli(capsys, *demo(tmp_path, "--config", str(target)))
-        assert_user_error(code, err, "--config", str(target))
-    binary = tmp_path / "bin.toml"
-    binary.write_bytes(b"\xff\xfe\x00")
-    code, _, err = run_cli(capsys, *demo(tmp_path, "--config", str(binary)))
-    assert_user_error(code, err, "valid TOML")
+        code, err = drivers(tmp_path, "--config", str(target))
+        assert_user_error(code, err, str(target), "a readable file")
+        assert not (tmp_path / "runs").exists()
 
 
-def test_a_good_config_file_runs_and_flags_win(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_a_good_config_without_any_probe_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(THRESHOLD_ENV, "9")  # the file wins over the environment
+    """Real engines from the file, but this machine cannot measure a GPU (nvidia-smi asked
+    for, none on PATH): refused before a log exists."""
     path = tmp_path / "run.toml"
-    out = tmp_path / "from-file"
-    path.write_text(
-        f"threshold = 7.5\nsteps = 2\nseed = 4\nout = '{out}'\nrun_id = 'cfg'\nquiet = true\n"
-        "cotenant = false\n[topology]\np1_train = [0]\np1_infer = [0, 1]\n"
-        "p2_train = [3]\np2_infer = [2, 3]\n"
-    )
-    code, _, _ = run_cli(capsys, "demo", "--config", str(path), "--steps", "1")  # flag wins
-    assert code == 0
-    log = out / "cfg.jsonl"
-    result = replay_path(log)
-    assert result.ok and result.run.threshold_bytes == int(7.5 * GIB)
-    assert {e: t.gpus for e, t in result.engines.items()}.keys() >= {"p1.engine1", "p2.engine0"}
-    phases = [e for e in read_events(log) if getattr(e, "phase", None) == "train"]
-    assert {getattr(e, "step", 0) for e in phases} == {1}  # one step: the flag won
+    path.write_text("[run]\nbackend = 'smi'\n" + ENGINE)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi here
+    code, err = drivers(tmp_path, "--config", str(path))
+    assert code == 2 and "nvidia-smi was not found on PATH" in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
 
 
 def test_cli_user_error_has_no_traceback_from_the_real_entry_point(tmp_path: Path) -> None:
@@ -499,12 +519,14 @@ _toml_value = st.one_of(
     st.text(max_size=6),
     st.lists(st.integers(-1, 5), max_size=4),
 )
-_keys = st.one_of(
-    st.sampled_from(["threshold", "steps", "settle", "gate_timeout", "seed", "gpus", "gpu_gib",
-                     "rollout", "train", "cotenant", "late_release_share", "out", "run_id",
-                     "fail", "quiet"]),
+_run_keys = st.one_of(
+    st.sampled_from(["threshold_gib", "settle", "gate_timeout_s", "steps", "backend"]),
     st.from_regex(r"[a-z_]{1,10}", fullmatch=True),
-)  # fmt: skip
+)
+_engine_keys = st.one_of(
+    st.sampled_from(["id", "pipeline", "role", "adapter", "gpus", "url", "root_pid", "offload"]),
+    st.from_regex(r"[a-z_]{1,8}", fullmatch=True),
+)
 
 
 def _toml(value: object) -> str:
@@ -524,11 +546,14 @@ def _toml(value: object) -> str:
 
 
 @FUZZ
-@given(st.dictionaries(_keys, _toml_value, max_size=5), st.booleans())
-def test_config_file_parser(tmp_path_factory: Any, table: dict[str, object], topo: bool) -> None:
-    text = "".join(f"{k} = {_toml(v)}\n" for k, v in table.items())
-    if topo:
-        text += "[topology]\np1_train = [0]\np1_infer = [0, 1]\np2_train = [3]\np2_infer = [2, 3]\n"
+@given(
+    st.dictionaries(_run_keys, _toml_value, max_size=4),
+    st.lists(st.dictionaries(_engine_keys, _toml_value, max_size=7), max_size=3),
+)
+def test_config_file_parser(tmp_path_factory: Any, run: dict[str, object], engines: Any) -> None:
+    text = "[run]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in run.items())
+    for table in engines:
+        text += "[[engine]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in table.items())
     path = tmp_path_factory.mktemp("cfg") / "c.toml"
     path.write_text(text)
     try:
@@ -536,18 +561,15 @@ def test_config_file_parser(tmp_path_factory: Any, table: dict[str, object], top
     except ConfigError as exc:
         assert str(path) in str(exc) and "\n" not in str(exc)
     else:
-        assert set(config.values) <= {
-            "threshold", "steps", "settle", "gate_timeout", "seed", "gpus", "gpu_gib",
-            "rollout", "train", "no_cotenant", "late_release_share", "out", "run_id", "fail",
-            "quiet",
+        assert config.engines and set(config.run) <= {
+            "threshold_gib", "settle", "gate_timeout_s", "steps", "backend",
         }  # fmt: skip
-        assert (config.topology is not None) == topo
 
 
 @FUZZ
-@given(st.binary(max_size=200))
-def test_config_file_parser_on_any_bytes(tmp_path_factory: Any, data: bytes) -> None:
-    path = tmp_path_factory.mktemp("cfg") / "c.toml"
+@given(st.binary(max_size=200), st.sampled_from(["c.toml", "c.json"]))
+def test_config_file_parser_on_any_bytes(tmp_path_factory: Any, data: bytes, name: str) -> None:
+    path = tmp_path_factory.mktemp("cfg") / name
     path.write_bytes(data)
     try:
         load_run_config(path)
@@ -584,7 +606,9 @@ def test_gate_policy_refuses_nonsense() -> None:
             GatePolicy(**kwargs)  # type: ignore[arg-type]
 
 
-async def test_library_errors_are_offload_fsm_errors() -> None:
+def test_library_errors_are_offload_fsm_errors() -> None:
     """Bad input from Python is a typed error too, never a bare ValueError/KeyError."""
     with pytest.raises(OffloadFsmError):
-        await anyio.to_thread.run_sync(load_run_config, "/nonexistent/x.toml")
+        load_run_config("/nonexistent/x.toml")
+    with pytest.raises(OffloadFsmError, match="nested too deeply"):
+        codec.decode(b'{"kind":"run_started","command":' + b"[" * 100_000)
