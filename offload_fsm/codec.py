@@ -17,8 +17,9 @@ from offload_fsm.events import KINDS, SCHEMA_VERSION, Event
 
 _encoder = msgspec.json.Encoder()
 _generic = msgspec.json.Decoder()
-_decoders: dict[str, msgspec.json.Decoder[Any]] = {
-    kind: msgspec.json.Decoder(cls) for kind, cls in KINDS.items()
+# Keyed by the kind's bytes as the encoder writes them: the fast path never decodes the kind.
+_decoders: dict[bytes, msgspec.json.Decoder[Any]] = {
+    kind.encode(): msgspec.json.Decoder(cls) for kind, cls in KINDS.items()
 }
 _PREFIX = b'{"kind":"'
 _PREFIX_LEN = len(_PREFIX)
@@ -31,11 +32,14 @@ def encode(event: Event) -> bytes:
 
 
 def decode(line: bytes | str, *, lineno: int | None = None) -> Event:
-    """Decode one line. Raises :class:`EventDecodeError` (with ``lineno`` when given)."""
+    """Decode one line. Raises :class:`EventDecodeError` (with ``lineno`` when given).
+
+    This is every reader's per-line decode (replay's included), so the fast path is kept to
+    a few bytes operations and one msgspec call; anything unusual takes the slow path.
+    """
     raw = line.encode() if isinstance(line, str) else line
-    if raw.startswith(_PREFIX):
-        end = raw.find(b'"', _PREFIX_LEN)
-        decoder = _decoders.get(raw[_PREFIX_LEN:end].decode("utf-8", "replace"))
+    if raw[:_PREFIX_LEN] == _PREFIX:
+        decoder = _decoders.get(raw[_PREFIX_LEN : raw.find(b'"', _PREFIX_LEN)])
         if decoder is not None:
             try:
                 event: Event = decoder.decode(raw)
