@@ -231,6 +231,28 @@ max_used_gib = _sync_form(max_used_gib_async)
 # --- wait_for_residual (the wake gate) --------------------------------------------------------
 
 
+async def _open_gate(
+    condition: WakeCondition | ReleaseCondition,
+    devices: tuple[GpuDevice, ...],
+    backend: ProbeBackend,
+    policy: GatePolicy,
+    recorder: Recorder | None,
+    engine_id: str | None,
+) -> tuple[int | None, ...]:
+    """Run the gate until it opens (or raises); the readings of the round that opened it."""
+    result = await run_gate(
+        condition,
+        devices=devices,
+        probe=backend,
+        policy=policy,
+        clock=RealClock(),
+        recorder=recorder,
+        ctx=GateContext(engine_id=engine_id),
+    )
+    assert result.verdict is not None  # fail_open is off: an open gate has a verdict
+    return result.verdict.observed
+
+
 def _threshold_bytes(threshold_gib: float | None) -> int:
     if threshold_gib is None:
         return threshold_from_env()[0]
@@ -258,17 +280,9 @@ async def wait_for_residual_async(
     policy = GatePolicy(deadline_s=timeout_s, settle_samples=settle)
     backend = backend or await default_backend()
     devices = await _devices(gpus, backend)
-    result = await run_gate(
-        WakeCondition(devices, threshold),
-        devices=devices,
-        probe=backend,
-        policy=policy,
-        clock=RealClock(),
-        recorder=recorder,
-        ctx=GateContext(engine_id=engine_id),
-    )
-    assert result.verdict is not None  # fail_open is off: an open gate has a verdict
-    return max(b for b in result.verdict.observed if b is not None) / GIB
+    condition = WakeCondition(devices, threshold)
+    observed = await _open_gate(condition, devices, backend, policy, recorder, engine_id)
+    return max(b for b in observed if b is not None) / GIB
 
 
 wait_for_residual = _sync_form(wait_for_residual_async)
@@ -306,17 +320,8 @@ async def wait_for_engine_release_async(
     tree = ProcessTable.snapshot(proc_root).tree(root_pid)
     namespace = pid_namespace or detect_pid_namespace(proc_root)
     condition = ReleaseCondition(devices, lambda: tree, limit, unmeasured, namespace)
-    result = await run_gate(
-        condition,
-        devices=devices,
-        probe=backend,
-        policy=policy,
-        clock=RealClock(),
-        recorder=recorder,
-        ctx=GateContext(engine_id=engine_id),
-    )
-    assert result.verdict is not None
-    known = [b for b in result.verdict.observed if b is not None]
+    observed = await _open_gate(condition, devices, backend, policy, recorder, engine_id)
+    known = [b for b in observed if b is not None]
     return max(known) / GIB if known else None
 
 
