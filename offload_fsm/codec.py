@@ -17,12 +17,13 @@ from offload_fsm.events import KINDS, SCHEMA_VERSION, Event
 
 _encoder = msgspec.json.Encoder()
 _generic = msgspec.json.Decoder()
-# Keyed by the kind's bytes as the encoder writes them: the fast path never decodes the kind.
-_decoders: dict[bytes, msgspec.json.Decoder[Any]] = {
+# The fast path's tables (also read by eventlog's reader, which inlines the fast path): a
+# line starts with KIND_PREFIX, then the kind's bytes as the encoder writes them.
+KIND_PREFIX = b'{"kind":"'
+KIND_DECODERS: dict[bytes, msgspec.json.Decoder[Any]] = {
     kind.encode(): msgspec.json.Decoder(cls) for kind, cls in KINDS.items()
 }
-_PREFIX = b'{"kind":"'
-_PREFIX_LEN = len(_PREFIX)
+_PREFIX_LEN = len(KIND_PREFIX)
 
 
 def encode(event: Event) -> bytes:
@@ -32,14 +33,10 @@ def encode(event: Event) -> bytes:
 
 
 def decode(line: bytes | str, *, lineno: int | None = None) -> Event:
-    """Decode one line. Raises :class:`EventDecodeError` (with ``lineno`` when given).
-
-    This is every reader's per-line decode (replay's included), so the fast path is kept to
-    a few bytes operations and one msgspec call; anything unusual takes the slow path.
-    """
+    """Decode one line. Raises :class:`EventDecodeError` (with ``lineno`` when given)."""
     raw = line.encode() if isinstance(line, str) else line
-    if raw[:_PREFIX_LEN] == _PREFIX:
-        decoder = _decoders.get(raw[_PREFIX_LEN : raw.find(b'"', _PREFIX_LEN)])
+    if raw[:_PREFIX_LEN] == KIND_PREFIX:
+        decoder = KIND_DECODERS.get(raw[_PREFIX_LEN : raw.find(b'"', _PREFIX_LEN)])
         if decoder is not None:
             try:
                 event: Event = decoder.decode(raw)
