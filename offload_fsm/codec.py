@@ -17,11 +17,13 @@ from offload_fsm.events import KINDS, SCHEMA_VERSION, Event
 
 _encoder = msgspec.json.Encoder()
 _generic = msgspec.json.Decoder()
-_decoders: dict[str, msgspec.json.Decoder[Any]] = {
-    kind: msgspec.json.Decoder(cls) for kind, cls in KINDS.items()
+# The fast path's tables (also read by eventlog's reader, which inlines the fast path): a
+# line starts with KIND_PREFIX, then the kind's bytes as the encoder writes them.
+KIND_PREFIX = b'{"kind":"'
+KIND_DECODERS: dict[bytes, msgspec.json.Decoder[Any]] = {
+    kind.encode(): msgspec.json.Decoder(cls) for kind, cls in KINDS.items()
 }
-_PREFIX = b'{"kind":"'
-_PREFIX_LEN = len(_PREFIX)
+_PREFIX_LEN = len(KIND_PREFIX)
 
 
 def encode(event: Event) -> bytes:
@@ -33,9 +35,8 @@ def encode(event: Event) -> bytes:
 def decode(line: bytes | str, *, lineno: int | None = None) -> Event:
     """Decode one line. Raises :class:`EventDecodeError` (with ``lineno`` when given)."""
     raw = line.encode() if isinstance(line, str) else line
-    if raw.startswith(_PREFIX):
-        end = raw.find(b'"', _PREFIX_LEN)
-        decoder = _decoders.get(raw[_PREFIX_LEN:end].decode("utf-8", "replace"))
+    if raw[:_PREFIX_LEN] == KIND_PREFIX:
+        decoder = KIND_DECODERS.get(raw[_PREFIX_LEN : raw.find(b'"', _PREFIX_LEN)])
         if decoder is not None:
             try:
                 event: Event = decoder.decode(raw)

@@ -15,6 +15,17 @@ def gib(nbytes: int | None) -> str:
     return "unknown" if nbytes is None else f"{nbytes / GIB:.2f} GiB"
 
 
+def _engine_resident(
+    round: ProbeRound, devices: Sequence[GpuDevice], pids: AbstractSet[int], pid_namespace: str
+) -> tuple[tuple[int | None, ...], int | None]:
+    """The engine's process-tree residual on each of ``devices`` (None: not measured there),
+    and the largest one measured (None when no process of the tree is visible on any)."""
+    by_gpu = resident_by_gpu(round, pids, pid_namespace=pid_namespace)
+    observed = tuple(by_gpu.get(d.key) for d in devices)
+    known = [b for b in observed if b is not None]
+    return observed, max(known) if known else None
+
+
 @dataclass(slots=True)
 class WakeCondition:
     """Whole-GPU used memory (every process) <= threshold on each GPU the engine needs.
@@ -74,19 +85,15 @@ class ReleaseCondition:
     gate: str = "release"
 
     def evaluate(self, round: ProbeRound) -> Verdict:
-        by_gpu = resident_by_gpu(round, self.pids(), pid_namespace=self.pid_namespace)
-        observed = tuple(by_gpu.get(d.key) for d in self.devices)
-        known = [b for b in observed if b is not None]
-        if not known:
-            ok = self.unmeasured == "pass"
+        observed, worst = _engine_resident(round, self.devices, self.pids(), self.pid_namespace)
+        if worst is None:
             return Verdict(
-                ok,
+                self.unmeasured == "pass",
                 observed,
                 self.limit_bytes,
                 f"unmeasured: no process of the engine visible on its GPUs "
                 f"(policy: {self.unmeasured})",
             )
-        worst = max(known)
         return Verdict(
             worst <= self.limit_bytes,
             observed,
@@ -109,18 +116,15 @@ class ResumeCondition:
     gate: str = "resume"
 
     def evaluate(self, round: ProbeRound) -> Verdict:
-        by_gpu = resident_by_gpu(round, self.pids(), pid_namespace=self.pid_namespace)
-        observed = tuple(by_gpu.get(d.key) for d in self.devices)
-        known = [b for b in observed if b is not None]
+        observed, got = _engine_resident(round, self.devices, self.pids(), self.pid_namespace)
         need = int(self.before_bytes * self.fraction)
-        if not known:
+        if got is None:
             return Verdict(
                 self.unmeasured == "pass",
                 observed,
                 need,
                 f"unmeasured: no process of the engine visible (policy: {self.unmeasured})",
             )
-        got = max(known)
         return Verdict(
             got >= need,
             observed,

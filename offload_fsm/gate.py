@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 
@@ -167,6 +167,7 @@ async def run_gate(
     """
     ctx = ctx or GateContext()
     keys = tuple(d.key for d in devices)
+    events = _GateEvents(recorder, ctx, keys, condition.gate)
     start = clock.now()
     interval = policy.poll_min_s
     settle = attempts = 0
@@ -178,23 +179,18 @@ async def run_gate(
     prev_passed: bool | None = None
 
     async def emit_decision(v: Verdict, opened: bool, elapsed: float) -> None:
-        if recorder is not None:
-            await recorder.emit(
-                GateDecision,
-                engine_id=ctx.engine_id,
-                pipeline_id=ctx.pipeline_id,
-                gpus=keys,
-                gate=condition.gate,
-                passed=bool(v.passed),
-                opened=opened,
-                observed_bytes=v.observed,
-                limit_bytes=v.limit,
-                settle_count=settle,
-                settle_required=policy.settle_samples,
-                attempt=attempts,
-                elapsed_s=elapsed,
-                detail=v.detail,
-            )
+        await events.emit(
+            GateDecision,
+            passed=bool(v.passed),
+            opened=opened,
+            observed_bytes=v.observed,
+            limit_bytes=v.limit,
+            settle_count=settle,
+            settle_required=policy.settle_samples,
+            attempt=attempts,
+            elapsed_s=elapsed,
+            detail=v.detail,
+        )
 
     while True:
         attempts += 1
@@ -208,9 +204,7 @@ async def run_gate(
             last_error = err
             verdict = Verdict(None, tuple(None for _ in keys), None, f"unmeasured: {err}")
             if policy.fail_open:
-                return await _fail_open(
-                    condition, keys, err, clock.now() - start, recorder, ctx, attempts
-                )
+                return await _fail_open(events, err, clock.now() - start, attempts)
             if isinstance(exc, (BackendUnavailable, DeviceIdError)):  # retrying cannot help
                 raise GateUnmeasurable(
                     f"{condition.gate} gate on {', '.join(keys)}: {exc} (failing closed)"
@@ -220,9 +214,7 @@ async def run_gate(
             await _sample_memory(last_round, recorder, ctx)
             if verdict.passed is None and policy.fail_open:
                 err = ProbeError(verdict.detail or "memory could not be measured")
-                return await _fail_open(
-                    condition, keys, err, clock.now() - start, recorder, ctx, attempts
-                )
+                return await _fail_open(events, err, clock.now() - start, attempts)
         settle = settle + 1 if verdict.passed else 0
         settled = settle >= policy.settle_samples
         opened = settled and not verdict.blocked
@@ -263,19 +255,14 @@ async def run_gate(
 
     assert verdict is not None
     unmeasured = verdict.passed is None
-    if recorder is not None:
-        with anyio.CancelScope(shield=True):
-            await recorder.emit(
-                GateTimedOut,
-                engine_id=ctx.engine_id,
-                pipeline_id=ctx.pipeline_id,
-                gpus=keys,
-                gate=condition.gate,
-                last_bytes=verdict.observed,
-                limit_bytes=verdict.limit,
-                elapsed_s=clock.now() - start,
-                unmeasured=unmeasured,
-            )
+    with anyio.CancelScope(shield=True):
+        await events.emit(
+            GateTimedOut,
+            last_bytes=verdict.observed,
+            limit_bytes=verdict.limit,
+            elapsed_s=clock.now() - start,
+            unmeasured=unmeasured,
+        )
     report = None
     if ctx.report is not None:
         with anyio.CancelScope(shield=True):
@@ -328,23 +315,32 @@ async def _sample_memory(round: ProbeRound, recorder: Recorder | None, ctx: Gate
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _GateEvents:
+    """Emits one gate run's events, each stamped with whose gate it is and on which GPUs."""
+
+    recorder: Recorder | None
+    ctx: GateContext
+    keys: tuple[str, ...]
+    gate: str
+
+    async def emit(
+        self, kind: type[GateDecision | GateTimedOut | GateFailOpen], **fields: Any
+    ) -> None:
+        if self.recorder is not None:
+            ctx = self.ctx
+            await self.recorder.emit(
+                kind,
+                engine_id=ctx.engine_id,
+                pipeline_id=ctx.pipeline_id,
+                gpus=self.keys,
+                gate=self.gate,
+                **fields,
+            )
+
+
 async def _fail_open(
-    condition: Condition,
-    keys: tuple[str, ...],
-    error: ProbeError,
-    elapsed: float,
-    recorder: Recorder | None,
-    ctx: GateContext,
-    attempts: int,
+    events: _GateEvents, error: ProbeError, elapsed: float, attempts: int
 ) -> GateResult:
-    if recorder is not None:
-        await recorder.emit(
-            GateFailOpen,
-            engine_id=ctx.engine_id,
-            pipeline_id=ctx.pipeline_id,
-            gpus=keys,
-            gate=condition.gate,
-            error=f"{type(error).__name__}: {error}",
-            elapsed_s=elapsed,
-        )
+    await events.emit(GateFailOpen, error=f"{type(error).__name__}: {error}", elapsed_s=elapsed)
     return GateResult(True, True, attempts, elapsed, None, None, unmeasured=True)

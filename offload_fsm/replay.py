@@ -1,6 +1,7 @@
 """Offline replay of a run's event log: re-drive every engine's lifecycle, check invariants.
 
-The log is read line by line (binary, streaming): memory grows with the number of engines and
+The log is read line by line (binary, streaming, by :func:`eventlog.read_numbered_events` in
+its strict mode, the one log reader): memory grows with the number of engines and
 GPUs, never with the number of events. Each logged ``transition`` is checked against the
 lifecycle ``TABLE`` (through a string-keyed view of it, built once) and against the state
 replay reconstructed; gate decisions, fail-open passes and the run header feed the other
@@ -28,17 +29,13 @@ import enum
 import os
 from array import array
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-import msgspec
-
-from offload_fsm import codec
-from offload_fsm.errors import ConfigError, EventDecodeError
+from offload_fsm.errors import EventDecodeError
+from offload_fsm.eventlog import ReadReport, TruncatedLine, read_numbered_events
 from offload_fsm.events import (
-    KINDS,
-    SCHEMA_VERSION,
     AdapterCallFailed,
     EngineRegistered,
     Event,
@@ -110,15 +107,6 @@ class Violation:
         who = f" engine {self.engine_id}" if self.engine_id else ""
         gpus = f" gpus {','.join(short_gpu(g) for g in self.gpus)}" if self.gpus else ""
         return f"{where} [{self.rule}]{who}{gpus}: {self.message}"
-
-
-@dataclass(frozen=True, slots=True)
-class TruncatedLine:
-    """The last line had no newline and did not decode: a crash mid-write."""
-
-    line: int
-    size: int
-    error: str
 
 
 @dataclass(eq=False, slots=True)
@@ -220,76 +208,6 @@ def short_gpu(key: str) -> str:
 
 def gib(nbytes: int | None) -> str:
     return "unknown" if nbytes is None else f"{nbytes / GIB:.1f} GiB"
-
-
-# --- reading ------------------------------------------------------------------------------
-
-
-class LogReader:
-    """Iterate ``(line number, event)`` over a JSONL event log, streaming.
-
-    A line that does not decode raises :class:`EventDecodeError` naming the line. A last line
-    without its newline that does not decode is what a crash mid-write leaves: it ends the
-    iteration quietly and is kept in ``truncated``. Blank lines are skipped.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
-        self.lines = 0
-        self.truncated: TruncatedLine | None = None
-
-    def __iter__(self) -> Iterator[tuple[int, Event]]:
-        try:
-            f = open(self.path, "rb")  # noqa: SIM115 - closed in finally; generator body
-        except OSError as exc:
-            raise ConfigError("log", self.path, f"a readable event log ({exc.strerror})") from exc
-        decoders, decode, version = _DECODERS.get, codec.decode, SCHEMA_VERSION
-        lineno = 0
-        try:
-            read = f.readline
-            while raw := read(MAX_LINE_BYTES + 1):
-                lineno += 1
-                if raw[-1] != 10:  # no newline: the last line (or an over-long one)
-                    self.lines = lineno
-                    yield from self._last_line(raw, lineno)
-                    return
-                # The codec's fast path, inlined (a third of replay's time is decoding);
-                # anything unusual goes through codec.decode for its precise error.
-                decoder = decoders(raw[9 : raw.find(b'"', 9)]) if raw[:9] == _PREFIX else None
-                if decoder is not None:
-                    try:
-                        event = decoder.decode(raw)
-                    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-                        event = None
-                    if event is not None and event.v == version:
-                        yield lineno, event
-                        continue
-                if raw.isspace():
-                    continue
-                yield lineno, decode(raw, lineno=lineno)
-            self.lines = lineno
-        finally:
-            f.close()
-
-    def _last_line(self, raw: bytes, lineno: int) -> Iterator[tuple[int, Event]]:
-        if len(raw) > MAX_LINE_BYTES:
-            raise EventDecodeError(
-                f"line longer than {MAX_LINE_BYTES} bytes: not an event log", line=lineno
-            )
-        try:
-            event = codec.decode(raw, lineno=lineno)
-        except EventDecodeError as exc:
-            if raw.lstrip()[:1] != b"{":
-                raise  # garbage, not the start of an event cut short
-            self.truncated = TruncatedLine(lineno, len(raw), str(exc))
-            return
-        yield lineno, event
-
-
-_PREFIX = b'{"kind":"'
-_DECODERS: dict[bytes, msgspec.json.Decoder[Any]] = {
-    kind.encode(): msgspec.json.Decoder(cls) for kind, cls in KINDS.items()
-}
 
 
 # --- replay -------------------------------------------------------------------------------
@@ -733,7 +651,7 @@ class Replayer:
     ) -> ReplayResult:
         if self.run is None:
             where = (
-                f"its only line ({truncated_line.line}) is cut short: {truncated_line.error}"
+                f"its only line ({truncated_line.line}) is cut short: {truncated_line.detail}"
                 if truncated_line
                 else "it has no events"
             )
@@ -745,7 +663,7 @@ class Replayer:
         if truncated_line is not None:
             self.notes.append(
                 f"line {truncated_line.line} is cut short ({truncated_line.size} bytes, "
-                f"a crash mid-write?) and was not replayed: {truncated_line.error}"
+                f"a crash mid-write?) and was not replayed: {truncated_line.detail}"
             )
         if until is None:
             self._end_checks(truncated_line)
@@ -805,8 +723,11 @@ def replay_path(
     observers: Sequence[Observer] = (),
 ) -> ReplayResult:
     """Replay the log at ``path``; stop after the last event with ``seq <= until``."""
-    reader = LogReader(path)
-    replayer = Replayer(path=reader.path, history_for=history_for, observers=observers)
+    report = ReadReport(os.fspath(path))
+    reader = read_numbered_events(
+        path, report=report, max_line_bytes=MAX_LINE_BYTES, strict_last_line=True
+    )
+    replayer = Replayer(path=report.path, history_for=history_for, observers=observers)
     feed = replayer.feed
     if until is None:
         for line, event in reader:
@@ -816,7 +737,8 @@ def replay_path(
             if event.seq > until and replayer.run is not None:
                 break
             feed(line, event)
-    return replayer.finish(truncated_line=reader.truncated, until=until)
+    cut = report.truncated  # a cut last line that still held an event was replayed
+    return replayer.finish(truncated_line=cut if cut and not cut.kept else None, until=until)
 
 
 __all__ = [
@@ -824,7 +746,6 @@ __all__ = [
     "RULE_TEXT",
     "EngineTrack",
     "GpuTrack",
-    "LogReader",
     "Observer",
     "ReplayResult",
     "Replayer",

@@ -221,6 +221,32 @@ def test_unknown_field_type_names_line_and_field(tmp_path: Path) -> None:
     assert (info.value.line, info.value.field) == (2, "seq")
 
 
+@pytest.mark.parametrize("tail", [b"garbage", b"  "], ids=["stray-bytes", "whitespace"])
+def test_strict_last_line_forgives_only_an_event_cut_short(tmp_path: Path, tail: bytes) -> None:
+    path = tmp_path / "tail.jsonl"
+    whole = write_lines(path, events(2))
+    path.write_bytes(whole + tail)
+    got, report = load_events(path)  # the default reading warns and keeps the rest
+    assert got == events(2) and report.truncated is not None and not report.truncated.kept
+    with pytest.raises(EventDecodeError) as info:
+        list(read_numbered_events(path, strict_last_line=True))
+    assert info.value.line == 3
+    path.write_bytes(whole + codec.encode(events(3)[2])[:20])  # a real cut stays a warning
+    report = ReadReport(str(path))
+    assert len(list(read_numbered_events(path, report=report, strict_last_line=True))) == 2
+    assert report.truncated is not None and report.truncated.line == 3
+
+
+def test_max_line_bytes_rejects_a_longer_line(tmp_path: Path) -> None:
+    path = tmp_path / "long.jsonl"
+    write_lines(path, events(2))
+    sizes = [len(codec.encode(e)) for e in events(2)]  # the newline not counted
+    assert len(list(read_numbered_events(path, max_line_bytes=max(sizes)))) == 2
+    with pytest.raises(EventDecodeError, match="longer than") as info:
+        list(read_numbered_events(path, max_line_bytes=max(sizes) - 1))
+    assert info.value.line == sizes.index(max(sizes)) + 1
+
+
 def test_blank_lines_are_skipped_and_counted(tmp_path: Path) -> None:
     path = tmp_path / "blank.jsonl"
     a, b = (codec.encode(e) for e in events(2))

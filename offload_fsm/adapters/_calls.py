@@ -40,11 +40,16 @@ async def call_user(fn: Callable[..., Any], *args: Any) -> Any:
     return result
 
 
-async def call_hook(engine_id: str, call: str, what: str, fn: Callable[..., Any]) -> None:
-    """Run a user hook; its failure becomes EngineError naming the hook."""
+async def call_hook(
+    engine_id: str, call: str, fn: Callable[..., Any], *args: Any, hook: str | None = None
+) -> None:
+    """Run user code (a hook, a trainer's offload/onload); its failure becomes EngineError
+    (naming ``hook`` where given)."""
     try:
-        await call_user(fn)
+        await call_user(fn, *args)
     except EngineError:
         raise
-    except Exception as exc:  # a user hook may raise anything; cancellation passes through
-        raise EngineError(engine_id, call, f"{what} hook raised {exc!r}") from exc
+    except Exception as exc:  # user code may raise anything; cancellation passes through
+        raise EngineError(
+            engine_id, call, f"{hook} hook raised {exc!r}" if hook else f"{exc!r}"
+        ) from exc

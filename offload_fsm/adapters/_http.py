@@ -1,4 +1,5 @@
-"""HTTP plumbing shared by the engine adapters: one client, one error mapping.
+"""HTTP plumbing shared by the engine adapters: one client, one error mapping, and
+:class:`HttpAdapter`, the part of an HTTP adapter that is not engine-specific.
 
 Every httpx failure is mapped here, at the boundary, into the project's error tree:
 
@@ -14,11 +15,13 @@ from __future__ import annotations
 
 import json as _json
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import httpx
 
+from offload_fsm.adapters._calls import call_hook
+from offload_fsm.adapters.base import check_process_root
 from offload_fsm.errors import ConfigError, EngineCallTimeout, EngineError, EngineUnreachable
 
 BODY_EXCERPT_CHARS = 300
@@ -107,12 +110,14 @@ class HttpEngineClient:
         json: object = None,
         params: Sequence[tuple[str, str]] | None = None,
         timeout_s: float | None = None,
+        any_status: bool = False,
     ) -> httpx.Response:
-        """Send one request; transport failures become EngineError subclasses. Any status."""
+        """Send one request; transport failures become EngineError subclasses, and so does a
+        status >= 400 (with a body excerpt) unless ``any_status`` (the caller reads it)."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
         where = f"{method} {self.base_url}{path}"
         try:
-            return await self._client.request(
+            response = await self._client.request(
                 method,
                 path,
                 json=json,
@@ -129,22 +134,8 @@ class HttpEngineClient:
             ) from exc
         except httpx.HTTPError as exc:
             raise EngineError(self.engine_id, call, f"{where}: {exc!r}") from exc
-
-    async def call(
-        self,
-        call: str,
-        method: str,
-        path: str,
-        *,
-        json: object = None,
-        params: Sequence[tuple[str, str]] | None = None,
-        timeout_s: float | None = None,
-    ) -> httpx.Response:
-        """Like :meth:`request`, and a status >= 400 raises EngineError with a body excerpt."""
-        response = await self.request(
-            call, method, path, json=json, params=params, timeout_s=timeout_s
-        )
-        self.raise_for_status(call, response)
+        if not any_status:
+            self.raise_for_status(call, response)
         return response
 
     def raise_for_status(self, call: str, response: httpx.Response) -> None:
@@ -170,3 +161,52 @@ class HttpEngineClient:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+class HttpAdapter:
+    """What the HTTP engine adapters share: the engine's client, its process root and the
+    admission hooks (sync or async callables, e.g. take the engine out of / back into a
+    router), run first in prepare_release and last in finish_wake."""
+
+    def __init__(
+        self,
+        engine_id: str,
+        base_url: str,
+        *,
+        process_root: int | None,
+        timeout_s: float,
+        stop_admission: Callable[[], Any] | None,
+        start_admission: Callable[[], Any] | None,
+        transport: httpx.AsyncBaseTransport | None,
+        headers: Mapping[str, str] | None,
+    ) -> None:
+        self._process_root = check_process_root(process_root)
+        self.engine_id = engine_id
+        self._http = HttpEngineClient(
+            engine_id, base_url, timeout_s=timeout_s, transport=transport, headers=headers
+        )
+        self._stop_admission = stop_admission
+        self._start_admission = start_admission
+
+    @property
+    def base_url(self) -> str:
+        return self._http.base_url
+
+    @property
+    def process_root(self) -> int | None:
+        return self._process_root
+
+    async def _stop_admission_hook(self) -> None:
+        if self._stop_admission is not None:
+            await call_hook(
+                self.engine_id, "prepare_release", self._stop_admission, hook="stop_admission"
+            )
+
+    async def _start_admission_hook(self) -> None:
+        if self._start_admission is not None:
+            await call_hook(
+                self.engine_id, "finish_wake", self._start_admission, hook="start_admission"
+            )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

@@ -22,6 +22,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from offload_fsm.errors import ConfigError
+
+
+def check_process_root(value: object) -> int | None:
+    """An adapter's ``process_root`` argument: a positive pid, or None (unknown)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ConfigError("process_root", value, "a positive pid or None")
+    return value
+
 
 @runtime_checkable
 class EngineAdapter(Protocol):

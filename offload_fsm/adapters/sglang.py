@@ -32,8 +32,7 @@ from typing import Any, Literal
 
 import httpx
 
-from offload_fsm.adapters._calls import call_hook
-from offload_fsm.adapters._http import HttpEngineClient, body_excerpt, check_tags, check_timeout
+from offload_fsm.adapters._http import HttpAdapter, body_excerpt, check_tags, check_timeout
 from offload_fsm.clock import Clock, RealClock
 from offload_fsm.errors import ConfigError, EngineCallTimeout, EngineError
 
@@ -46,7 +45,7 @@ _DRAIN_POLL_FIRST_S = 0.005
 _DRAIN_POLL_CAP_S = 0.1
 
 
-class SGLangAdapter:
+class SGLangAdapter(HttpAdapter):
     """Drives one SGLang HTTP server (``python -m sglang.launch_server``)."""
 
     name = "sglang"
@@ -70,40 +69,30 @@ class SGLangAdapter:
         ``stop_admission`` / ``start_admission``: sync or async callables (e.g. remove the
         engine from / add it back to a router) run first in prepare_release and last in
         finish_wake. ``transport`` lets tests inject ``httpx.MockTransport``."""
-        if process_root is not None and (
-            isinstance(process_root, bool) or not isinstance(process_root, int) or process_root <= 0
-        ):
-            raise ConfigError("process_root", process_root, "a positive pid or None")
         if pause_mode is not None and pause_mode not in _PAUSE_MODES:
             raise ConfigError("pause_mode", pause_mode, f"one of {_PAUSE_MODES} or None")
-        self.engine_id = engine_id
-        self._http = HttpEngineClient(
-            engine_id, base_url, timeout_s=timeout_s, transport=transport, headers=headers
+        super().__init__(
+            engine_id,
+            base_url,
+            process_root=process_root,
+            timeout_s=timeout_s,
+            stop_admission=stop_admission,
+            start_admission=start_admission,
+            transport=transport,
+            headers=headers,
         )
-        self._process_root = process_root
         self._pause_mode = pause_mode
-        self._stop_admission = stop_admission
-        self._start_admission = start_admission
         self._clock: Clock = clock or RealClock()
-
-    @property
-    def base_url(self) -> str:
-        return self._http.base_url
-
-    @property
-    def process_root(self) -> int | None:
-        return self._process_root
 
     async def prepare_release(self, drain_timeout_s: float) -> None:
         """Stop admission, abort everything, wait (bounded) until idle, pause generation."""
         drain_timeout_s = check_timeout("drain_timeout_s", drain_timeout_s)
         call = "prepare_release"
-        if self._stop_admission is not None:
-            await call_hook(self.engine_id, call, "stop_admission", self._stop_admission)
-        await self._http.call(call, "POST", "/abort_request", json={"abort_all": True})
+        await self._stop_admission_hook()
+        await self._http.request(call, "POST", "/abort_request", json={"abort_all": True})
         await self._wait_idle(call, drain_timeout_s)
         if self._pause_mode is not None:
-            await self._http.call(
+            await self._http.request(
                 call, "POST", "/pause_generation", json={"mode": self._pause_mode}
             )
 
@@ -116,7 +105,7 @@ class SGLangAdapter:
         interval = _DRAIN_POLL_FIRST_S
         polls = 0
         while True:
-            response = await self._http.request(call, "POST", "/flush_cache")
+            response = await self._http.request(call, "POST", "/flush_cache", any_status=True)
             polls += 1
             if response.status_code == 200:
                 return
@@ -149,19 +138,18 @@ class SGLangAdapter:
     async def _memory_call(self, call: str, path: str, tags: Sequence[str] | None) -> None:
         checked = check_tags(tags)
         body: dict[str, Any] = {} if checked is None else {"tags": checked}
-        await self._http.call(call, "POST", path, json=body)
+        await self._http.request(call, "POST", path, json=body)
 
     async def finish_wake(self) -> None:
         """Continue generation, then re-open admission."""
         call = "finish_wake"
         if self._pause_mode is not None:
-            await self._http.call(call, "POST", "/continue_generation", json={})
-        if self._start_admission is not None:
-            await call_hook(self.engine_id, call, "start_admission", self._start_admission)
+            await self._http.request(call, "POST", "/continue_generation", json={})
+        await self._start_admission_hook()
 
     async def flush_cache(self) -> bool:
         """Flush the radix cache once; False when the engine is busy (HTTP 400)."""
-        response = await self._http.request("flush_cache", "POST", "/flush_cache")
+        response = await self._http.request("flush_cache", "POST", "/flush_cache", any_status=True)
         if response.status_code == 400:
             return False
         self._http.raise_for_status("flush_cache", response)
@@ -172,9 +160,9 @@ class SGLangAdapter:
 
         Diagnostic only: its memory figures are computed at load time."""
         call = "server_info"
-        response = await self._http.request(call, "GET", "/server_info")
+        response = await self._http.request(call, "GET", "/server_info", any_status=True)
         if response.status_code == 404:  # servers before the /server_info rename
-            response = await self._http.request(call, "GET", "/get_server_info")
+            response = await self._http.request(call, "GET", "/get_server_info", any_status=True)
         self._http.raise_for_status(call, response)
         info = self._http.json_of(call, response)
         if not isinstance(info, dict):
@@ -203,6 +191,3 @@ class SGLangAdapter:
                 )
             out.append({str(k): float(v) for k, v in usage.items()})
         return tuple(out)
-
-    async def aclose(self) -> None:
-        await self._http.aclose()

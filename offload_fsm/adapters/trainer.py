@@ -19,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from offload_fsm.adapters._calls import call_user
+from offload_fsm.adapters._calls import call_hook
+from offload_fsm.adapters.base import check_process_root
 from offload_fsm.errors import ConfigError, EngineError
 
 MemoryHook = Callable[[Sequence[str] | None], Any]
@@ -52,16 +53,12 @@ class TrainerAdapter:
         for name, hook in (("prepare", prepare), ("finish", finish)):
             if hook is not None and not callable(hook):
                 raise ConfigError(name, hook, "a callable or None")
-        if process_root is not None and (
-            isinstance(process_root, bool) or not isinstance(process_root, int) or process_root <= 0
-        ):
-            raise ConfigError("process_root", process_root, "a positive pid or None")
+        self._process_root = check_process_root(process_root)
         self.engine_id = engine_id
         self._offload = offload
         self._onload = onload
         self._prepare = prepare
         self._finish = finish
-        self._process_root = process_root
         self._offloaded = initially_offloaded
 
     @property
@@ -73,24 +70,18 @@ class TrainerAdapter:
         """True after a successful offload and until a successful onload."""
         return self._offloaded
 
-    async def _run(self, call: str, fn: Callable[..., Any], *args: Any) -> None:
-        try:
-            await call_user(fn, *args)
-        except EngineError:
-            raise
-        except Exception as exc:  # user code may raise anything; cancellation passes
-            raise EngineError(self.engine_id, call, f"{exc!r}") from exc
-
     async def prepare_release(self, drain_timeout_s: float) -> None:
         if self._prepare is not None:
-            await self._run("prepare_release", self._prepare)
+            await call_hook(self.engine_id, "prepare_release", self._prepare)
 
     async def release(self, tags: Sequence[str] | None) -> None:
         if self._offloaded:
             raise EngineError(
                 self.engine_id, "release", "already offloaded (double offload refused)"
             )
-        await self._run("release", self._offload, None if tags is None else list(tags))
+        await call_hook(
+            self.engine_id, "release", self._offload, None if tags is None else list(tags)
+        )
         self._offloaded = True
 
     async def resume(self, tags: Sequence[str] | None) -> None:
@@ -102,11 +93,13 @@ class TrainerAdapter:
             )
         # Marked onloaded before the call: a failed or cancelled onload is never retried.
         self._offloaded = False
-        await self._run("resume", self._onload, None if tags is None else list(tags))
+        await call_hook(
+            self.engine_id, "resume", self._onload, None if tags is None else list(tags)
+        )
 
     async def finish_wake(self) -> None:
         if self._finish is not None:
-            await self._run("finish_wake", self._finish)
+            await call_hook(self.engine_id, "finish_wake", self._finish)
 
     async def aclose(self) -> None:
         return None

@@ -23,8 +23,7 @@ from typing import Any, Literal
 
 import httpx
 
-from offload_fsm.adapters._calls import call_hook
-from offload_fsm.adapters._http import HttpEngineClient, check_tags
+from offload_fsm.adapters._http import HttpAdapter, check_tags
 from offload_fsm.errors import ConfigError, EngineError
 
 VLLM_WAKE_TAGS = ("weights", "kv_cache")
@@ -34,7 +33,7 @@ Hook = Callable[[], Any]
 _SLEEP_MODES = ("abort", "wait", "keep")
 
 
-class VLLMAdapter:
+class VLLMAdapter(HttpAdapter):
     """Drives one vLLM OpenAI-compatible server through its dev-mode sleep endpoints."""
 
     name = "vllm"
@@ -59,35 +58,23 @@ class VLLMAdapter:
             raise ConfigError("sleep_level", sleep_level, "1 or 2")
         if sleep_mode is not None and sleep_mode not in _SLEEP_MODES:
             raise ConfigError("sleep_mode", sleep_mode, f"one of {_SLEEP_MODES} or None")
-        if process_root is not None and (
-            isinstance(process_root, bool) or not isinstance(process_root, int) or process_root <= 0
-        ):
-            raise ConfigError("process_root", process_root, "a positive pid or None")
-        self.engine_id = engine_id
-        self._http = HttpEngineClient(
-            engine_id, base_url, timeout_s=timeout_s, transport=transport, headers=headers
+        super().__init__(
+            engine_id,
+            base_url,
+            process_root=process_root,
+            timeout_s=timeout_s,
+            stop_admission=stop_admission,
+            start_admission=start_admission,
+            transport=transport,
+            headers=headers,
         )
-        self._process_root = process_root
         self._level = sleep_level
         self._mode = sleep_mode
-        self._stop_admission = stop_admission
-        self._start_admission = start_admission
-
-    @property
-    def base_url(self) -> str:
-        return self._http.base_url
-
-    @property
-    def process_root(self) -> int | None:
-        return self._process_root
 
     async def prepare_release(self, drain_timeout_s: float) -> None:
         """Stop admission. vLLM's /sleep handles running requests itself (``sleep_mode``);
         ``drain_timeout_s`` is accepted for the common interface and not used here."""
-        if self._stop_admission is not None:
-            await call_hook(
-                self.engine_id, "prepare_release", "stop_admission", self._stop_admission
-            )
+        await self._stop_admission_hook()
 
     async def release(self, tags: Sequence[str] | None) -> None:
         """POST /sleep?level=N. vLLM sleeps as a whole: ``tags`` must be None."""
@@ -98,22 +85,21 @@ class VLLMAdapter:
         params = [("level", str(self._level))]
         if self._mode is not None:
             params.append(("mode", self._mode))
-        await self._http.call("release", "POST", "/sleep", params=params)
+        await self._http.request("release", "POST", "/sleep", params=params)
 
     async def resume(self, tags: Sequence[str] | None) -> None:
         """POST /wake_up (tags as repeated ``tags=`` query parameters). Never retried."""
         # vLLM silently ignores a tag it does not know, so unknown tags are refused here.
         checked = check_tags(tags, allowed=VLLM_WAKE_TAGS)
         params = [] if checked is None else [("tags", t) for t in checked]
-        await self._http.call("resume", "POST", "/wake_up", params=params)
+        await self._http.request("resume", "POST", "/wake_up", params=params)
 
     async def finish_wake(self) -> None:
-        if self._start_admission is not None:
-            await call_hook(self.engine_id, "finish_wake", "start_admission", self._start_admission)
+        await self._start_admission_hook()
 
     async def is_sleeping(self) -> bool:
         """GET /is_sleeping (diagnostic: memory is measured, not taken from this)."""
-        response = await self._http.call("is_sleeping", "GET", "/is_sleeping")
+        response = await self._http.request("is_sleeping", "GET", "/is_sleeping")
         body = self._http.json_of("is_sleeping", response)
         value = body.get("is_sleeping") if isinstance(body, dict) else None
         if not isinstance(value, bool):
@@ -123,6 +109,3 @@ class VLLMAdapter:
                 f"expected {{'is_sleeping': bool}}, got {body!r:.200}",
             )
         return value
-
-    async def aclose(self) -> None:
-        await self._http.aclose()

@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio
 
+from offload_fsm.commands import add_command
 from offload_fsm.config import parse_positive_gib, parse_positive_int
 from offload_fsm.drivers.cli_options import add_run_arguments, run_options
 from offload_fsm.drivers.report import print_report
@@ -31,11 +32,11 @@ from offload_fsm.topology import dual_topology
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "demo",
         help="run the dual-pipeline cycle (simulated GPUs by default; --engines torch: real)",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_arguments(p)
     p.add_argument(

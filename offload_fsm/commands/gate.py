@@ -20,6 +20,7 @@ from typing import Any, TextIO
 import anyio
 
 from offload_fsm.clock import RealClock
+from offload_fsm.commands import add_command, add_engine_pid_argument
 from offload_fsm.conditions import WakeCondition, gib
 from offload_fsm.config import (
     DEFAULT_THRESHOLD_GIB,
@@ -44,11 +45,11 @@ EXIT_OPEN, EXIT_TIMEOUT, EXIT_UNMEASURABLE = 0, 3, 4
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "gate",
         help="wait until used GPU memory is at or under the residual threshold",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--gpus",
@@ -65,13 +66,7 @@ def register(sub: Any) -> None:
     p.add_argument("--timeout", metavar="S", default="60", help="deadline in seconds (60)")
     p.add_argument("--settle", metavar="K", default="3", help="rounds in a row that must pass (3)")
     p.add_argument("--backend", choices=BACKEND_NAMES, default="auto")
-    p.add_argument(
-        "--engine-pid",
-        metavar="[NAME=]PID",
-        action="append",
-        default=[],
-        help="an engine's root pid, to name its processes in the report",
-    )
+    add_engine_pid_argument(p, help="an engine's root pid, to name its processes in the report")
     p.add_argument(
         "--fail-open",
         action="store_true",

@@ -6,12 +6,13 @@ import argparse
 import sys
 from typing import Any
 
+from offload_fsm.commands import add_log_argument
 from offload_fsm.errors import EventDecodeError
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("plot", help="draw a run's timeline (needs the plot extra: matplotlib)")
-    p.add_argument("log", metavar="LOG.jsonl", help="event log (JSON lines) of one run")
+    add_log_argument(p)
     p.add_argument(
         "-o", "--output", required=True, metavar="FILE", help="image to write (.png, .svg, .pdf)"
     )

@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 
+from offload_fsm.commands import add_command, add_engine_pid_argument
 from offload_fsm.errors import ConfigError
 from offload_fsm.probe.attribution import ProcessTable, attribute, detect_pid_namespace
 from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend
@@ -30,11 +31,11 @@ FAKE_COTENANT_PID = 3_999_999
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "probe",
         help="measure GPU memory once (or --watch): per GPU, and per process with its owner",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--backend", choices=BACKEND_NAMES, default="auto")
     p.add_argument(
@@ -48,12 +49,8 @@ def register(sub: Any) -> None:
         metavar="VALUE",
         help="read integer --gpus as CUDA ordinals under this CUDA_VISIBLE_DEVICES value",
     )
-    p.add_argument(
-        "--engine-pid",
-        metavar="[NAME=]PID",
-        action="append",
-        default=[],
-        help="an engine's root pid (repeatable); its process tree is attributed to NAME",
+    add_engine_pid_argument(
+        p, help="an engine's root pid (repeatable); its process tree is attributed to NAME"
     )
     p.add_argument("--json", action="store_true", help="one JSON object per round")
     p.add_argument(

@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import Any
 
+from offload_fsm.commands import add_command, add_log_argument
 from offload_fsm.errors import ConfigError, OffloadFsmError
 from offload_fsm.replay import ReplayResult, replay_path
 from offload_fsm.summary import render, render_states, summarize, to_json
@@ -26,13 +27,13 @@ reported as truncated."""
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "replay",
         help="replay an event log: check invariants, summarize, reconstruct states",
         description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("log", metavar="LOG.jsonl", help="event log (JSON lines) of one run")
+    add_log_argument(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument(
         "--until",

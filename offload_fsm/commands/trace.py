@@ -6,13 +6,14 @@ import argparse
 import sys
 from typing import Any
 
+from offload_fsm.commands import add_log_argument
 from offload_fsm.errors import OffloadFsmError
 from offload_fsm.trace import write_trace
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("trace", help="write a Chrome/Perfetto trace (JSON) of an event log")
-    p.add_argument("log", metavar="LOG.jsonl", help="event log (JSON lines) of one run")
+    add_log_argument(p)
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="trace JSON to write")
     p.add_argument("--until", metavar="SEQ", type=int, help="stop after this sequence number")
     p.set_defaults(run=run)

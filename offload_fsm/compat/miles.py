@@ -40,8 +40,8 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from functools import partial
-from typing import Any, TypeVar
+from functools import partial, wraps
+from typing import Any, ParamSpec, TypeVar
 
 import anyio
 
@@ -71,6 +71,7 @@ from offload_fsm.teardown import TeardownResult
 from offload_fsm.teardown import kill_tree_and_verify as _kill_tree_and_verify
 
 T = TypeVar("T")
+P = ParamSpec("P")
 GpuIds = str | Iterable[int | str | GpuDevice]
 
 PROBE_TIMEOUT_S = 2.0  # one probe round; a hung driver call is abandoned
@@ -125,6 +126,18 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
         "inside a running event loop",
         "a thread without one (await the *_async variant there)",
     )
+
+
+def _sync_form(fn: Callable[P, Awaitable[T]]) -> Callable[P, T]:
+    """The sync form of a ``*_async`` function: the same arguments, run by :func:`_run`."""
+
+    @wraps(fn)
+    def sync(*args: P.args, **kwargs: P.kwargs) -> T:
+        return _run(partial(fn, *args, **kwargs))
+
+    sync.__name__ = sync.__qualname__ = fn.__name__.removesuffix("_async")
+    sync.__doc__ = f"Sync form of :func:`{fn.__name__}`."
+    return sync
 
 
 async def _devices(gpus: GpuIds, backend: ProbeBackend) -> tuple[GpuDevice, ...]:
@@ -193,25 +206,7 @@ async def max_process_residual_gib_async(
     return None if resident is None else resident / GIB
 
 
-def max_process_residual_gib(
-    root_pid: int,
-    gpus: GpuIds,
-    *,
-    backend: ProbeBackend | None = None,
-    pid_namespace: str | None = None,
-    proc_root: str = "/proc",
-) -> float | None:
-    """Sync form of :func:`max_process_residual_gib_async`."""
-    return _run(
-        partial(
-            max_process_residual_gib_async,
-            root_pid,
-            gpus,
-            backend=backend,
-            pid_namespace=pid_namespace,
-            proc_root=proc_root,
-        )
-    )
+max_process_residual_gib = _sync_form(max_process_residual_gib_async)
 
 
 # --- max_used_gib -----------------------------------------------------------------------------
@@ -230,12 +225,32 @@ async def max_used_gib_async(gpus: GpuIds, *, backend: ProbeBackend | None = Non
     return max(u for u in used if u is not None) / GIB
 
 
-def max_used_gib(gpus: GpuIds, *, backend: ProbeBackend | None = None) -> float:
-    """Sync form of :func:`max_used_gib_async`."""
-    return _run(partial(max_used_gib_async, gpus, backend=backend))
+max_used_gib = _sync_form(max_used_gib_async)
 
 
 # --- wait_for_residual (the wake gate) --------------------------------------------------------
+
+
+async def _open_gate(
+    condition: WakeCondition | ReleaseCondition,
+    devices: tuple[GpuDevice, ...],
+    backend: ProbeBackend,
+    policy: GatePolicy,
+    recorder: Recorder | None,
+    engine_id: str | None,
+) -> tuple[int | None, ...]:
+    """Run the gate until it opens (or raises); the readings of the round that opened it."""
+    result = await run_gate(
+        condition,
+        devices=devices,
+        probe=backend,
+        policy=policy,
+        clock=RealClock(),
+        recorder=recorder,
+        ctx=GateContext(engine_id=engine_id),
+    )
+    assert result.verdict is not None  # fail_open is off: an open gate has a verdict
+    return result.verdict.observed
 
 
 def _threshold_bytes(threshold_gib: float | None) -> int:
@@ -265,42 +280,12 @@ async def wait_for_residual_async(
     policy = GatePolicy(deadline_s=timeout_s, settle_samples=settle)
     backend = backend or await default_backend()
     devices = await _devices(gpus, backend)
-    result = await run_gate(
-        WakeCondition(devices, threshold),
-        devices=devices,
-        probe=backend,
-        policy=policy,
-        clock=RealClock(),
-        recorder=recorder,
-        ctx=GateContext(engine_id=engine_id),
-    )
-    assert result.verdict is not None  # fail_open is off: an open gate has a verdict
-    return max(b for b in result.verdict.observed if b is not None) / GIB
+    condition = WakeCondition(devices, threshold)
+    observed = await _open_gate(condition, devices, backend, policy, recorder, engine_id)
+    return max(b for b in observed if b is not None) / GIB
 
 
-def wait_for_residual(
-    gpus: GpuIds,
-    threshold_gib: float | None = None,
-    timeout_s: float = 60.0,
-    settle: int = 3,
-    *,
-    backend: ProbeBackend | None = None,
-    recorder: Recorder | None = None,
-    engine_id: str | None = None,
-) -> float:
-    """Sync form of :func:`wait_for_residual_async`."""
-    return _run(
-        partial(
-            wait_for_residual_async,
-            gpus,
-            threshold_gib,
-            timeout_s,
-            settle,
-            backend=backend,
-            recorder=recorder,
-            engine_id=engine_id,
-        )
-    )
+wait_for_residual = _sync_form(wait_for_residual_async)
 
 
 # --- wait_for_engine_release (the release gate) -----------------------------------------------
@@ -335,51 +320,12 @@ async def wait_for_engine_release_async(
     tree = ProcessTable.snapshot(proc_root).tree(root_pid)
     namespace = pid_namespace or detect_pid_namespace(proc_root)
     condition = ReleaseCondition(devices, lambda: tree, limit, unmeasured, namespace)
-    result = await run_gate(
-        condition,
-        devices=devices,
-        probe=backend,
-        policy=policy,
-        clock=RealClock(),
-        recorder=recorder,
-        ctx=GateContext(engine_id=engine_id),
-    )
-    assert result.verdict is not None
-    known = [b for b in result.verdict.observed if b is not None]
+    observed = await _open_gate(condition, devices, backend, policy, recorder, engine_id)
+    known = [b for b in observed if b is not None]
     return max(known) / GIB if known else None
 
 
-def wait_for_engine_release(
-    root_pid: int,
-    gpus: GpuIds,
-    limit_gib: float = DEFAULT_RELEASE_LIMIT_GIB,
-    timeout_s: float = 30.0,
-    settle: int = 3,
-    *,
-    backend: ProbeBackend | None = None,
-    unmeasured: str = "pass",
-    pid_namespace: str | None = None,
-    proc_root: str = "/proc",
-    recorder: Recorder | None = None,
-    engine_id: str | None = None,
-) -> float | None:
-    """Sync form of :func:`wait_for_engine_release_async`."""
-    return _run(
-        partial(
-            wait_for_engine_release_async,
-            root_pid,
-            gpus,
-            limit_gib,
-            timeout_s,
-            settle,
-            backend=backend,
-            unmeasured=unmeasured,
-            pid_namespace=pid_namespace,
-            proc_root=proc_root,
-            recorder=recorder,
-            engine_id=engine_id,
-        )
-    )
+wait_for_engine_release = _sync_form(wait_for_engine_release_async)
 
 
 # --- teardown ---------------------------------------------------------------------------------
@@ -413,31 +359,7 @@ async def kill_tree_and_verify_async(
     )
 
 
-def kill_tree_and_verify(
-    root_pid: int,
-    gpus: GpuIds,
-    threshold_gib: float | None = None,
-    timeout_s: float = 30.0,
-    *,
-    backend: ProbeBackend | None = None,
-    term_grace_s: float = 5.0,
-    kill_grace_s: float = 5.0,
-    engine_id: str | None = None,
-) -> TeardownResult:
-    """Sync form of :func:`kill_tree_and_verify_async`."""
-    return _run(
-        partial(
-            kill_tree_and_verify_async,
-            root_pid,
-            gpus,
-            threshold_gib,
-            timeout_s,
-            backend=backend,
-            term_grace_s=term_grace_s,
-            kill_grace_s=kill_grace_s,
-            engine_id=engine_id,
-        )
-    )
+kill_tree_and_verify = _sync_form(kill_tree_and_verify_async)
 
 
 __all__ = [
