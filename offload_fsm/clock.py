@@ -50,12 +50,29 @@ class RealClock:
 class _Sleeper:
     """A pending deadline: a sleeping task's, or a timer's (``callback`` set, no task)."""
 
-    __slots__ = ("callback", "deadline", "due", "event", "gone", "idle_scope", "seq", "woken")
+    __slots__ = (
+        "callback",
+        "deadline",
+        "due",
+        "event",
+        "gone",
+        "idle_scope",
+        "on_cancel",
+        "seq",
+        "woken",
+    )
 
-    def __init__(self, deadline: float, seq: int, callback: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        deadline: float,
+        seq: int,
+        callback: Callable[[], None] | None = None,
+        on_cancel: Callable[[], None] | None = None,
+    ):
         self.deadline = deadline
         self.seq = seq
         self.callback = callback
+        self.on_cancel = on_cancel  # a timer's: tells the clock's keeper to look again
         self.event: anyio.Event | None = None  # made only when it has to wait its turn
         self.gone = False  # cancelled: left in the heap, dropped when it reaches the top
         self.idle_scope: anyio.CancelScope | None = None  # set while waiting for idleness
@@ -67,6 +84,8 @@ class _Sleeper:
 
     def cancel(self) -> None:
         self.gone = True
+        if self.on_cancel is not None:
+            self.on_cancel()
 
 
 class WakeToken:
@@ -110,6 +129,7 @@ class VirtualClock:
         self._live = 0  # sleeping tasks not cancelled
         self._due: collections.deque[_Sleeper] = collections.deque()  # released, in order
         self._keeper: object | None = None  # the task that fires orphaned timers, if any
+        self._keeper_token: WakeToken | None = None
         self.jumps = 0
 
     def now(self) -> float:
@@ -132,7 +152,9 @@ class VirtualClock:
     def call_later(self, seconds: float, callback: Callable[[], None]) -> _Sleeper:
         """Run ``callback`` when virtual time reaches now + ``seconds`` (``.cancel()`` it).
         Fired by the watcher: it needs some task sleeping on this clock."""
-        timer = _Sleeper(self._now + max(0.0, seconds), next(self._counter), callback)
+        timer = _Sleeper(
+            self._now + max(0.0, seconds), next(self._counter), callback, self._timer_cancelled
+        )
         heapq.heappush(self._timers, timer)
         self._keep_orphaned_timers()
         return timer
@@ -217,13 +239,19 @@ class VirtualClock:
             self._keeper = loop.create_task(self._keep_timers())
 
     async def _keep_timers(self) -> None:
+        token = self._keeper_token = WakeToken()
         try:
             # Only while nobody else sleeps: a sleeper that leaves last starts a new keeper.
             while (timer := _top(self._timers)) is not None and not self._live:
                 # At least a hair: a timer due now is fired by the sleeper that moves time.
-                await self.sleep(max(timer.deadline - self._now, 1e-9))
+                await self.sleep_or_wake(max(timer.deadline - self._now, 1e-9), token)
         finally:
-            self._keeper = None
+            self._keeper = self._keeper_token = None
+
+    def _timer_cancelled(self) -> None:
+        """A cancelled timer must not keep the keeper (nor time) going: it looks again."""
+        if self._keeper_token is not None:
+            self._keeper_token.wake()
 
     def _release_due(self) -> None:
         """Every other sleeper whose deadline has now come goes without an idle check of its

@@ -58,3 +58,20 @@ async def test_nested_deadlines_do_not_jump_time_while_a_task_runs() -> None:
         assert clock.now() == t0
         await clock.sleep(0.001)
     assert clock.now() == pytest.approx(0.05)
+
+
+async def test_the_keeper_leaves_when_its_timer_is_cancelled() -> None:
+    """No task lingers (found by the soak's task count: one more task after the run)."""
+    from tests.soak import count_tasks
+
+    clock = VirtualClock()
+    before = count_tasks()
+    timer = clock.call_later(5.0, lambda: None)  # nobody sleeps: a keeper starts
+    for _ in range(5):
+        await anyio.lowlevel.checkpoint()
+    assert count_tasks() == before + 1
+    timer.cancel()
+    for _ in range(20):
+        await anyio.lowlevel.checkpoint()
+    assert count_tasks() == before
+    assert clock.now() == 0.0  # and it did not move time to the cancelled deadline
