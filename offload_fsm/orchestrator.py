@@ -16,6 +16,7 @@ before it reached an engine leaves that engine ``active``, not ``failed``).
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -69,6 +70,7 @@ from offload_fsm.probe.attribution import (
 from offload_fsm.probe.base import GpuDevice, ProbeBackend, ProbeRound
 
 PidsFn = Callable[[], frozenset[int]]
+HISTORY_LEN = 64  # states kept per engine in Engine.history (the event log has them all)
 
 # States in which an engine holds, or may be about to hold, memory on its GPUs: a wake of a
 # conflicting engine on a shared GPU waits while any of these is current.
@@ -143,7 +145,8 @@ class Engine:
     lifecycle: Lifecycle
     resident_before: int | None = None  # max per-GPU resident bytes before the last release
     operations: int = 0
-    history: list[str] = field(default_factory=list)
+    # The latest states, bounded: an orchestrator that runs for weeks must not grow.
+    history: deque[str] = field(default_factory=lambda: deque(maxlen=HISTORY_LEN))
     root_start: int | None = None  # start ticks of the root process when registered
 
     @property

@@ -115,6 +115,17 @@ class SimEngine:
     def crashed(self) -> bool:
         return self._crashed
 
+    def restart(self, *, asleep: bool = True) -> None:
+        """The operator restarts the engine process (the repair of a ``failed`` engine): it
+        answers again and its memory is fresh: asleep, only the CUDA context and every tag
+        released; else its whole footprint. Call counts (which faults key on) go on."""
+        now = self.clock.now()
+        self._crashed = False
+        self._model = MemoryModel(self.footprint, now, require_pause=self._model.require_pause)
+        if asleep:
+            self._model.paused = True
+            self._model.release(None, now)
+
     def kill(self, after_s: float = 0.0) -> None:
         """The process dies: unreachable now, its memory gone ``after_s`` later (a SIGKILLed
         process's memory shows up free ~130 ms later, once it is reaped)."""
