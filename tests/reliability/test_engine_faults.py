@@ -23,6 +23,7 @@ from offload_fsm.errors import (
     EngineError,
     EngineUnreachable,
     GateTimeout,
+    IllegalTransition,
 )
 from offload_fsm.events import (
     AdapterCallFailed,
@@ -30,7 +31,8 @@ from offload_fsm.events import (
     GateDecision,
     GateTimedOut,
 )
-from offload_fsm.lifecycle import State
+from offload_fsm.lifecycle import Evidence, State
+from offload_fsm.orchestrator import HISTORY_LEN
 from offload_fsm.probe.base import GIB
 from tests.reliability.rig import ENGINE_FP, LogCheck, Rig, check_log, open_rig
 
@@ -289,3 +291,37 @@ async def test_release_many_first_failure_leaves_every_engine_documented(tmp_pat
         assert rig.orch.state("good") is State.FAILED  # cancelled mid-release: unknown
     check = check_log(rig)
     assert "cancelled during release" in check.last_reason("good")
+
+
+async def test_a_failed_engine_is_restarted_and_recovered_with_evidence(tmp_path: Path) -> None:
+    """The repair after any failure: restart the engine process, measure it, recover it
+    with that evidence (kept in the log); it then cycles normally."""
+    async with open_rig(tmp_path) as rig:
+        sim = await rig.add_sim("a", [0], faults=FaultPlan().on("release", "partial_release"))
+        with pytest.raises(GateTimeout):
+            await rig.orch.release("a")
+        assert rig.orch.state("a") is State.FAILED
+        with pytest.raises(IllegalTransition):
+            await rig.orch.wake("a")  # a failed engine is not woken without recovery
+        sim.faults = FaultPlan()
+        sim.restart(asleep=True)
+        assert sim.resident_bytes() == ENGINE_FP.context
+        measured = f"restarted; resident {sim.resident_bytes() / GIB:.2f} GiB"
+        await rig.orch.recover("a", Evidence(State.SLEPT, measured))
+        await rig.orch.wake("a")
+        await rig.orch.release("a")
+        assert rig.orch.state("a") is State.SLEPT
+    check = check_log(rig)
+    cycle = ["gated", "waking", "active", "releasing", "slept"]
+    assert check.path("a") == ["releasing", "failed", "slept", *cycle]
+    assert check.transitions("a")[2].evidence == measured
+
+
+async def test_engine_history_is_bounded(tmp_path: Path) -> None:
+    async with open_rig(tmp_path) as rig:
+        await rig.add_sim("a", [0])
+        for _ in range(HISTORY_LEN):
+            await rig.orch.release("a")
+            await rig.orch.wake("a")
+        assert len(rig.orch.engine("a").history) == HISTORY_LEN  # not 5 x HISTORY_LEN
+    assert len(check_log(rig).transitions("a")) == 5 * HISTORY_LEN  # the log has them all
