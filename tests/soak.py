@@ -13,6 +13,8 @@ Checked at the end (non-zero exit when any fails):
 - no deadlock: the whole run stays under a wall-clock limit;
 - no task leak: the tasks alive after the run are the ones alive before it;
 - memory: the process's RSS grows < 20 MiB between the end of the warm-up and the end;
+- never a wake onto used memory: at every ``gated -> waking`` the simulated GPUs' true usage
+  is at or under the threshold;
 - every cycle is accounted for: the log replays clean (no violation, not truncated), replay
   counts the same completed wakes, events and failures as the orchestrator emitted.
 
@@ -80,13 +82,22 @@ ENGINE_FAULTS = (  # (call, kind, delay_s)
 class CountingRecorder(Recorder):
     """Counts what the orchestrator emitted, to compare with what replay reads back."""
 
-    def __init__(self, bus: EventBus, clock: VirtualClock) -> None:
+    def __init__(
+        self, bus: EventBus, clock: VirtualClock, used: Callable[[str], int], threshold: int
+    ) -> None:
         super().__init__(bus, "soak", clock)
         self.events = 0
         self.cycles = 0  # completed wakes: waking -> active
         self.failures = 0  # transitions into failed
+        self.used = used  # the ledger's truth: bytes used on a GPU now
+        self.threshold = threshold
+        self.wakes_over: list[str] = []  # wakes onto memory over the threshold (must be none)
 
     async def emit(self, kind: type[E], **fields: Any) -> E:
+        if kind is Transition and fields.get("dst") == "waking":
+            for key in fields.get("gpus", ()):
+                if self.used(key) > self.threshold:
+                    self.wakes_over.append(f"{fields.get('engine_id')} on {key}")
         event = await super().emit(kind, **fields)
         self.events += 1
         if isinstance(event, Transition):
@@ -149,6 +160,7 @@ class SoakResult:
     replay_events: int = 0
     replay_failures: int = 0
     violations: list[str] = field(default_factory=list)
+    wakes_over: list[str] = field(default_factory=list)
     deadlock: bool = False
 
     @property
@@ -168,6 +180,8 @@ class SoakResult:
         if not self.replay_ok or self.replay_truncated:
             out.append(f"replay: ok={self.replay_ok} truncated={self.replay_truncated}")
         out += self.violations[:5]
+        if self.wakes_over:
+            out.append(f"{len(self.wakes_over)} wakes onto used memory: {self.wakes_over[:3]}")
         for what, ours, logged in (
             ("cycles", self.cycles, self.replay_cycles),
             ("events", self.events, self.replay_events),
@@ -326,7 +340,7 @@ async def soak(
     options = SimOptions(seed=seed, late_release_share=0.0, cotenant=False)
     world = await build_sim_world(topologies, clock, options)
     bus = EventBus()
-    recorder = CountingRecorder(bus, clock)
+    recorder = CountingRecorder(bus, clock, world.gpus.used, 8 * GIB)
     rng = random.Random(seed)
     noisy = NoisyProbe(world.probe, random.Random(seed + 1), clock)
     probe = RetryingProbe(
@@ -381,6 +395,7 @@ async def soak(
     result.cycles = recorder.cycles
     result.events = recorder.events
     result.emitted_failures = recorder.failures
+    result.wakes_over = recorder.wakes_over
     result.injected.update(noisy.faults)
     result.rss_end = rss()
     result.rss_warm = result.rss_warm or result.rss_end
@@ -427,6 +442,8 @@ def report(r: SoakResult) -> str:
         + f"); engines restarted and recovered: {r.recoveries}",
         f"  RSS {r.rss_warm / 2**20:.1f} MiB after warm-up -> {r.rss_end / 2**20:.1f} MiB at "
         f"the end (growth {r.rss_growth / 2**20:+.1f} MiB, limit 20)",
+        f"  wakes onto memory over the threshold (the ledger's truth at each gate_open): "
+        f"{len(r.wakes_over)}",
         f"  tasks {r.tasks_before} before, {r.tasks_after} after; deadlock: {r.deadlock}",
     ]
     return "\n".join(lines)
