@@ -48,6 +48,7 @@ from offload_fsm.orchestrator import EngineSpec, Orchestrator, OrchestratorConfi
 from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend, ProbeRound
 from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
 from offload_fsm.probe.retry import RetryingProbe, RetryPolicy
+from offload_fsm.replay import replay_path
 
 E = TypeVar("E", bound=Event)
 
@@ -394,7 +395,7 @@ def check_log(rig: Rig, *, complete: bool = True) -> LogCheck:
       logged fail-open) since it entered ``gated``; no two engines sharing a GPU (outside a
       share group) awake together; and the ledger's truth at every wake was under the
       threshold (checked live by the recorder);
-    - and the replay module agrees (when it is there).
+    - and the replay module agrees.
     """
     assert not rig.recorder.violations, rig.recorder.violations
     events, report = load_events(rig.log_path)
@@ -490,11 +491,7 @@ def _exclusive(
 
 
 def _replay_module(rig: Rig, check: LogCheck) -> None:
-    """The library's own replay, once it is merged: it must agree and find nothing."""
-    try:
-        from offload_fsm.replay import replay_path  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return
+    """The library's own replay (``offload-fsm replay``) must agree and find nothing."""
     result = replay_path(rig.log_path)
     assert result.ok, [str(v) for v in result.violations]
     assert not result.truncated

@@ -163,7 +163,7 @@ async def test_engine_killed_mid_release(tmp_path: Path) -> None:
         t_crash = rig.clock.now()
         await rig.orch.wake("b")  # opens once the dead process's memory is gone
         assert rig.orch.state("b") is State.ACTIVE
-        assert rig.clock.now() - t_crash >= 0.13 - 0.03  # not before (allow the call latency)
+        assert rig.clock.now() - t_crash >= 0.13  # not before the memory was gone
     check = check_log(rig)
     assert "EngineUnreachable" in check.last_reason("a")
     opened = [d for d in check.of(GateDecision, "b") if d.gate == "wake" and d.opened]

@@ -102,9 +102,7 @@ async def test_transient_errors_at_random_polls(tmp_path: Path, retry: RetryPoli
     check = check_log(rig)
     if retry is not None:
         retries = check.of(ProbeRetry)
-        assert retries and {"Timeout", "Unknown Error"} & {
-            r.error.split(" (")[0][6:] for r in retries
-        }
+        assert retries and all("Timeout" in r.error or "Unknown Error" in r.error for r in retries)
     unmeasured = [d for d in check.of(GateDecision) if d.detail.startswith("unmeasured:")]
     assert all(not d.opened for d in unmeasured)
     if retry is None:
