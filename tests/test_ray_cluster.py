@@ -225,8 +225,7 @@ async def test_a_killed_actor_fails_closed_and_is_named(node_id: str, probe: Ray
         assert c0.node == "node-c"
         calls = await _trainer_on(orch, (a0, c0))
         ray.kill(own.actors["node-c"])
-        with pytest.raises(ray.exceptions.RayActorError):  # the death is known to Ray
-            ray.get(own.actors["node-c"].devices.remote(), timeout=30)
+        _wait_until_dead(own.actors["node-c"])
         with pytest.raises(BackendUnavailable, match="node-c: probe actor is dead"):
             await mixed.probe([c0])
         with pytest.raises(GateUnmeasurable, match="node-c"):
@@ -238,6 +237,21 @@ async def test_a_killed_actor_fails_closed_and_is_named(node_id: str, probe: Ray
         with pytest.raises(BackendUnavailable, match="node-c"):
             await mixed.devices()
     await own.aclose()  # killing a dead actor again is harmless
+
+
+def _wait_until_dead(actor: object, timeout_s: float = 30.0) -> None:
+    """``ray.kill`` is asynchronous: a call sent just after it may still be answered. Wait
+    until Ray itself reports the actor dead (RayActorError), within ``timeout_s``."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            ray.get(actor.devices.remote(), timeout=5)  # type: ignore[attr-defined]
+        except ray.exceptions.RayActorError:
+            return
+        except ray.exceptions.GetTimeoutError:
+            continue
+        time.sleep(0.1)
+    raise AssertionError(f"Ray still reports the killed actor alive after {timeout_s} s")
 
 
 def _alive(node: str) -> list[str]:
