@@ -135,8 +135,9 @@ async def reaction(kind: str, virtual: bool) -> list[float]:
     return out
 
 
-async def polling_cpu(seconds: float = 3.0) -> float:
-    """CPU share of one core while a gate waits on memory that never moves."""
+async def polling_cpu(seconds: float = 3.0, cap_s: float | None = None) -> float:
+    """CPU share of one core while a gate waits on memory that never moves (``cap_s``: the
+    poll cap; None: the default policy's)."""
     clock = RealClock()
     gpus = FakeGpus(make_devices(1), clock)
     gpus.set_usage(100, 0, 40 * GIB)
@@ -146,7 +147,9 @@ async def polling_cpu(seconds: float = 3.0) -> float:
             WakeCondition(gpus.devices, THRESHOLD),
             devices=gpus.devices,
             probe=FakeBackend(gpus),
-            policy=GatePolicy(deadline_s=seconds * 10),
+            policy=GatePolicy(deadline_s=seconds * 10)
+            if cap_s is None
+            else GatePolicy(deadline_s=seconds * 10, poll_max_s=cap_s),
             clock=clock,
             recorder=Recorder(EventBus(), "bench", clock),
         )
@@ -198,6 +201,9 @@ async def main() -> None:
     await polling_cpu(0.2)  # warm-up: first-use imports must not count as polling
     cpu = await polling_cpu()
     print(f"polling CPU while waiting (memory not moving): {cpu * 100:.2f} % of one core")
+    for cap in (0.02, 0.05, 0.1):  # the trade the default cap makes
+        share = await polling_cpu(cap_s=cap)
+        print(f"  with a {cap * 1e3:.0f} ms poll cap: {share * 100:.2f} % of one core")
     xs = await cycle_overhead()
     print(f"release+wake cycle, in-process engine, all three gates: {fmt(xs)}")
 

@@ -8,7 +8,6 @@ a round for GPUs on several nodes, concurrently. Run: ``python -m tests.bench.be
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 import time
@@ -129,7 +128,6 @@ async def scale_run(nodes: int, steps: int) -> tuple[float, float, int]:
                         train_s=3.0,
                     )
                 )
-        gc.freeze()  # as the drivers' runner does: the world lives for the whole run
         t0, v0 = time.perf_counter(), clock.now()
         await all_or_first_error([partial(p.run, steps) for p in pipelines])
         wall, virtual = time.perf_counter() - t0, clock.now() - v0
