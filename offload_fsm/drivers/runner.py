@@ -7,6 +7,7 @@ dual run takes a few seconds of wall time.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 import uuid
@@ -120,7 +121,7 @@ async def run_configured(
     try:
         world = await build_config_world(config, probe, pid_namespace or detect_pid_namespace())
         try:
-            opts.topologies = world.topologies
+            opts = dataclasses.replace(opts, topologies=world.topologies)  # not the caller's
             return await _run(opts, clock, world, out)
         finally:
             await world.aclose()
