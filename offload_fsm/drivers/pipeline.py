@@ -48,7 +48,7 @@ class Pipeline:
 
     async def run(self, steps: int) -> None:
         mine = (*self.engine_ids, self.trainer_id)
-        await self.view.wait_until(lambda v: all(e in v.engines for e in mine))
+        await self.view.wait_until(lambda v: all(e in v.engines for e in mine), watch=mine)
         try:
             for step in range(1, steps + 1):
                 await self.step(step)
@@ -67,7 +67,7 @@ class Pipeline:
         shrink = self.shrink_engines
         await self.orch.release_many(shrink)
         await self.view.wait_until(
-            lambda v: all(v.engines[e].state == State.SLEPT.value for e in shrink)
+            lambda v: all(v.engines[e].state == State.SLEPT.value for e in shrink), watch=shrink
         )
         await self.phase(n, "train")
         await self.orch.wake(self.trainer_id)

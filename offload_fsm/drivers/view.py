@@ -1,12 +1,14 @@
 """A bus subscriber that keeps the run's state from events, and waits on it.
 
-Drivers ask ``await view.wait_until(lambda v: ...)`` (e.g. "every engine on GPUs X slept")
-instead of querying engines; the progress printer renders from the same view.
+Drivers ask ``await view.wait_until(lambda v: ..., watch=engine_ids)`` (e.g. "every engine
+on GPUs X slept") instead of querying engines; the progress printer renders from the same view.
+A waiter that names the engines its predicate reads is woken only by events about them: with
+hundreds of pipelines waiting, a broadcast on every event made each event cost O(waiters).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import anyio
@@ -36,7 +38,8 @@ class RunView:
     engines: dict[str, EngineView] = field(default_factory=dict)
     phases: dict[str, tuple[int, str]] = field(default_factory=dict)  # pipeline -> (step, phase)
     events_seen: int = 0
-    _changed: anyio.Event | None = None  # created only while someone waits
+    _changed: anyio.Event | None = None  # unkeyed waiters; created only while someone waits
+    _watchers: dict[str, set[anyio.Event]] = field(default_factory=dict)  # engine -> waiters
 
     def apply(self, event: Event) -> None:
         self.events_seen += 1
@@ -60,6 +63,9 @@ class RunView:
         if self._changed is not None:
             self._changed.set()
             self._changed = None
+        if self._watchers and event.engine_id is not None:
+            for woken in self._watchers.pop(event.engine_id, ()):
+                woken.set()
 
     def states_on(self, gpus: set[str], pipeline: str | None = None) -> dict[str, str]:
         return {
@@ -68,11 +74,33 @@ class RunView:
             if gpus.intersection(e.gpus) and (pipeline is None or e.pipeline_id == pipeline)
         }
 
-    async def wait_until(self, predicate: Callable[[RunView], bool]) -> None:
+    async def wait_until(
+        self, predicate: Callable[[RunView], bool], watch: Iterable[str] | None = None
+    ) -> None:
+        """Return once ``predicate(view)`` holds. ``watch``: the engine ids the predicate
+        reads; the waiter then re-checks only after an event about one of them (a predicate
+        that reads anything else must leave ``watch`` out and re-checks on every event)."""
+        keys = None if watch is None else tuple(watch)
         while not predicate(self):
-            if self._changed is None:
-                self._changed = anyio.Event()
-            await self._changed.wait()
+            if keys is None:
+                if self._changed is None:
+                    self._changed = anyio.Event()
+                await self._changed.wait()
+                continue
+            if not keys:
+                raise ValueError("wait_until: watch names no engine, so nothing could wake it")
+            woken = anyio.Event()
+            for key in keys:
+                self._watchers.setdefault(key, set()).add(woken)
+            try:
+                await woken.wait()
+            finally:
+                for key in keys:  # drop it where another watched engine did not fire
+                    waiting = self._watchers.get(key)
+                    if waiting is not None:
+                        waiting.discard(woken)
+                        if not waiting:
+                            del self._watchers[key]
 
     async def follow(
         self, sub: Subscription, on_event: Callable[[Event], None] | None = None
