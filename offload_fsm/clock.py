@@ -16,11 +16,14 @@ import math
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Protocol
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
+from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
+
+from offload_fsm.idle import wait_all_tasks_blocked
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -67,7 +70,7 @@ class _Sleeper:
         deadline: float,
         seq: int,
         callback: Callable[[], None] | None = None,
-        on_cancel: Callable[[], None] | None = None,
+        on_cancel: Callable[[_Sleeper], None] | None = None,
     ):
         self.deadline = deadline
         self.seq = seq
@@ -85,7 +88,7 @@ class _Sleeper:
     def cancel(self) -> None:
         self.gone = True
         if self.on_cancel is not None:
-            self.on_cancel()
+            self.on_cancel(self)
 
 
 class WakeToken:
@@ -111,11 +114,11 @@ class VirtualClock:
     """Virtual time that jumps to the earliest pending deadline once every task is blocked.
 
     Only the earliest sleeping task is awake (the watcher): it waits until no other task
-    can run (trio's ``wait_all_tasks_blocked``; on asyncio, an empty ready queue twice in a
-    row), then fires the timers due before its own deadline (``deadline()`` scopes), moves
-    time on, and hands the watch to the next earliest sleeper. The others wait on events, so
-    a thousand sleepers cost nothing per jump. Only for code that does no real I/O while
-    virtual time runs.
+    can run (trio's ``wait_all_tasks_blocked``; on asyncio, the moment the loop would wait
+    for I/O: :mod:`offload_fsm.idle`), then fires the timers due before its own deadline
+    (``deadline()`` scopes), moves time on, and hands the watch to the next earliest
+    sleeper. The others wait on events, so a thousand sleepers cost nothing per jump. Only
+    for code that does no real I/O while virtual time runs.
     """
 
     virtual = True
@@ -127,7 +130,7 @@ class VirtualClock:
         self._timers: list[_Sleeper] = []  # callbacks (no task)
         self._counter = itertools.count()
         self._live = 0  # sleeping tasks not cancelled
-        self._due: collections.deque[_Sleeper] = collections.deque()  # released, in order
+        self._due: collections.deque[_Sleeper] = collections.deque()  # to wake, in order (trio)
         self._keeper: object | None = None  # the task that fires orphaned timers, if any
         self._keeper_token: WakeToken | None = None
         self.jumps = 0
@@ -188,7 +191,7 @@ class VirtualClock:
                     await anyio.lowlevel.checkpoint()
                     return True
                 if self._head() is me:
-                    idle = await _all_tasks_blocked(me, lambda: self._head() is me and not me.woken)
+                    idle = await _all_tasks_blocked(me)
                     # A wait can complete in the same pass that cancelled us: honour that
                     # before moving time, or a cancelled sleeper would jump the clock.
                     await anyio.lowlevel.checkpoint_if_cancelled()
@@ -216,6 +219,8 @@ class VirtualClock:
         except BaseException:  # cancelled: drop our deadline (lazily: O(1)), pass the watch on
             self._leave(me)
             self._wake_head()
+            if me.due:  # a link of the due chain: the rest must still wake
+                self._wake_next_due()
             raise
         finally:
             if token is not None:
@@ -244,23 +249,32 @@ class VirtualClock:
             # Only while nobody else sleeps: a sleeper that leaves last starts a new keeper.
             while (timer := _top(self._timers)) is not None and not self._live:
                 # At least a hair: a timer due now is fired by the sleeper that moves time.
-                await self.sleep_or_wake(max(timer.deadline - self._now, 1e-9), token)
+                # The clock's own sleep, not an override's: the keeper is clock machinery,
+                # not a task whose sleeps a subclass instruments (e.g. counts as await points).
+                await VirtualClock.sleep_or_wake(self, max(timer.deadline - self._now, 1e-9), token)
         finally:
             self._keeper = self._keeper_token = None
 
-    def _timer_cancelled(self) -> None:
-        """A cancelled timer must not keep the keeper (nor time) going: it looks again."""
-        if self._keeper_token is not None:
+    def _timer_cancelled(self, timer: _Sleeper) -> None:
+        """A cancelled timer must not keep the keeper (nor time) going: it looks again, if
+        this was the timer it sleeps towards (the others are dropped when they reach it)."""
+        if self._keeper_token is not None and self._timers and self._timers[0] is timer:
             self._keeper_token.wake()
 
     def _release_due(self) -> None:
         """Every other sleeper whose deadline has now come goes without an idle check of its
-        own (time does not move for them): a chain, each waking the next, in order."""
+        own (time does not move for them), woken in deadline order. On asyncio all at once:
+        its run queue keeps that order, and they run in one pass of the loop. Trio may run
+        a batch of woken tasks in reverse, so there each wakes the next (a pass each)."""
+        chain = not _on_asyncio()
         while (head := self._head()) is not None and head.deadline <= self._now:
             heapq.heappop(self._heap)
             head.due = head.gone = True
             self._live -= 1
-            self._due.append(head)
+            if chain:
+                self._due.append(head)
+            elif head.event is not None:
+                head.event.set()
         self._wake_next_due()
 
     def _wake_next_due(self) -> None:
@@ -292,62 +306,92 @@ class VirtualClock:
             head.event.set()
 
 
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _top(heap: list[_Sleeper]) -> _Sleeper | None:
     while heap and heap[0].gone:
         heapq.heappop(heap)
     return heap[0] if heap else None
 
 
-async def _all_tasks_blocked(me: _Sleeper, still_head: Callable[[], bool]) -> bool:
-    """Return True once no other task of this event loop can run, or False early once
-    ``still_head`` turns false (an earlier sleeper took over: it cancels ``me.idle_scope``).
-    False even when ``me`` is the head again by the time it runs: the tasks that ran
-    meanwhile may not be blocked (moving time then jumped trio runs ahead of a busy task)."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio: trio, anyio's other backend
-        import trio.testing
+async def _all_tasks_blocked(me: _Sleeper) -> bool:
+    """Return True once no other task of this event loop can run, or False early when an
+    earlier sleeper took over or a token woke ``me`` (either cancels ``me.idle_scope``).
+    Exactly one watcher is ever waiting (a new head cancels the old one's wait)."""
+    with anyio.CancelScope() as scope:
+        me.idle_scope = scope
+        try:
+            await wait_all_tasks_blocked()
+        finally:
+            me.idle_scope = None
+    return not scope.cancel_called
 
-        # Trio wakes an idle-waiter only when its run queue is empty between batches;
-        # exactly one watcher is ever waiting (a new head cancels the old one's wait).
-        with anyio.CancelScope() as scope:
-            me.idle_scope = scope
-            try:
-                await trio.testing.wait_all_tasks_blocked()
-            finally:
-                me.idle_scope = None
-        return not scope.cancel_called
-    ready = getattr(loop, "_ready", None)  # CPython's run queue (stable since 3.4)
-    if ready is None:
-        raise RuntimeError(f"VirtualClock cannot see the run queue of {type(loop).__name__}")
-    idle = 0
-    while idle < 2 and still_head():  # twice: callbacks may schedule callbacks
-        await asyncio.sleep(0)
-        idle = idle + 1 if not ready else 0
-    return idle >= 2
+
+def deadline(clock: Clock, seconds: float) -> AbstractAsyncContextManager[None]:
+    """Like ``anyio.fail_after`` but timed by ``clock``: raises ``TimeoutError``."""
+    if isinstance(clock, VirtualClock):
+        return _VirtualDeadline(clock, seconds)
+    if not getattr(clock, "virtual", False):
+        return _RealDeadline(seconds)
+    return _watchdog_deadline(clock, seconds)
+
+
+class _RealDeadline:
+    __slots__ = ("_scope", "_seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._scope: Any = None
+
+    async def __aenter__(self) -> None:
+        self._scope = anyio.fail_after(self._seconds)
+        self._scope.__enter__()
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return self._scope.__exit__(*exc_info)  # type: ignore[no-any-return]
+
+
+class _VirtualDeadline:
+    """A timer the clock's watcher fires (no task per deadline); while no task sleeps on the
+    clock, its keeper task does. A class, not a generator: every probe round and engine
+    call enters one, and the generator machinery cost as much as the cancel scope."""
+
+    __slots__ = ("_clock", "_scope", "_seconds", "_timer")
+
+    def __init__(self, clock: VirtualClock, seconds: float) -> None:
+        self._clock = clock
+        self._seconds = seconds
+        self._scope: anyio.CancelScope | None = None
+        self._timer: _Sleeper | None = None
+
+    async def __aenter__(self) -> None:
+        scope = self._scope = anyio.CancelScope()
+        scope.__enter__()
+        self._timer = self._clock.call_later(self._seconds, scope.cancel)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._scope is not None and self._timer is not None
+        self._timer.cancel()
+        swallowed = self._scope.__exit__(exc_type, exc, tb)
+        if self._scope.cancelled_caught and exc_type is not None:
+            raise TimeoutError(f"deadline of {self._seconds:g} s passed") from None
+        return swallowed
 
 
 @asynccontextmanager
-async def deadline(clock: Clock, seconds: float) -> AsyncIterator[None]:
-    """Like ``anyio.fail_after`` but timed by ``clock``: raises ``TimeoutError``."""
-    if not getattr(clock, "virtual", False):
-        with anyio.fail_after(seconds):
-            yield
-        return
-    if isinstance(clock, VirtualClock) and clock.has_watcher:
-        # Cheap path: a timer the clock's watcher fires (no task per deadline).
-        completed = False
-        with anyio.CancelScope() as scope:
-            timer = clock.call_later(seconds, scope.cancel)
-            try:
-                yield
-                completed = True
-            finally:
-                timer.cancel()
-        if scope.cancelled_caught and not completed:
-            raise TimeoutError(f"deadline of {seconds:g} s passed")
-        return
-    # Nobody sleeps on the clock yet: a watchdog task sleeps, so time can move at all.
+async def _watchdog_deadline(clock: Clock, seconds: float) -> AsyncIterator[None]:
+    # Another virtual clock: a watchdog task sleeps on it, so time can move at all.
     expired = completed = False
     try:
         async with anyio.create_task_group() as tg:

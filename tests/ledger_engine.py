@@ -27,6 +27,7 @@ class LedgerEngine:
     release_delay_s: float = 0.0  # memory drops this long after release() returned
     resume_noop: bool = False
     fail_on: set[str] = field(default_factory=set)
+    fail_after_s: float = 0.0  # a failing call fails this long after it was made
     hang_on: set[str] = field(default_factory=set)
     calls: list[str] = field(default_factory=list)
     tg: anyio.abc.TaskGroup | None = None
@@ -47,6 +48,8 @@ class LedgerEngine:
         if call in self.hang_on:
             await self.clock.sleep(1e9)
         if call in self.fail_on:
+            if self.fail_after_s:
+                await self.clock.sleep(self.fail_after_s)
             raise EngineError(f"pid{self.pid}", call, "HTTP 500: injected")
 
     async def prepare_release(self, drain_timeout_s: float) -> None:

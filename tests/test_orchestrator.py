@@ -293,7 +293,8 @@ async def test_two_engines_on_one_gpu_never_both_wake(world: World) -> None:
 
 async def test_group_release_cancels_the_rest_on_first_failure(world: World) -> None:
     good = world.engine("good", 100, [0], release_delay_s=1.0)
-    bad = world.engine("bad", 200, [1], fail_on={"release"})
+    # bad fails while good waits in its release gate, whichever of them starts first
+    bad = world.engine("bad", 200, [1], fail_on={"release"}, fail_after_s=0.1)
     await world.add("good", good)
     await world.add("bad", bad)
     with pytest.raises(EngineError, match="injected"):
