@@ -35,6 +35,9 @@ class SlowPolicy(str, enum.Enum):
     DROP = "drop"  # lossy: drop this subscriber's copy and count it
 
 
+_YIELD_EVERY = 32
+
+
 class Subscription:
     """One subscriber's end of the bus. Iterate it with ``async for``.
 
@@ -49,6 +52,7 @@ class Subscription:
         "_ended",
         "_reader",
         "_space",
+        "_streak",
         "capacity",
         "delivered",
         "dropped",
@@ -75,6 +79,7 @@ class Subscription:
         self._space: anyio.Event | None = None  # set when a full queue gets room
         self._ended = False  # the bus closed: nothing more will arrive
         self._closed = False  # the subscriber let go
+        self._streak = 0  # events received without yielding to other tasks
 
     @property
     def closed(self) -> bool:
@@ -90,8 +95,17 @@ class Subscription:
 
     async def receive(self) -> Event:
         """The next event; raises ``anyio.EndOfStream`` once the bus is closed and drained
-        (``anyio.ClosedResourceError`` once this subscription was closed)."""
-        await anyio.lowlevel.checkpoint()
+        (``anyio.ClosedResourceError`` once this subscription was closed).
+
+        Always a cancellation point; it yields to other tasks when it has to wait, and once
+        every ``_YIELD_EVERY`` queued events otherwise (a loop pass per event was a fifth of
+        the loop's passes in the scale benchmark; a backlog still cannot hog the loop)."""
+        self._streak += 1
+        if self._streak >= _YIELD_EVERY or not self._buffer:
+            self._streak = 0
+            await anyio.lowlevel.checkpoint()
+        else:
+            await anyio.lowlevel.checkpoint_if_cancelled()
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
