@@ -287,8 +287,12 @@ class MemoryModel:
         self._steps: dict[str, list[tuple[float, int]]] = {
             tag: [(now, footprint.tag_bytes(tag))] for tag in TAGS
         }
+        # (from, until, bytes): bytes_at is constant between two steps, and every probe
+        # round asks for it (at scale, recomputing it was a tenth of the benchmark's time)
+        self._span: tuple[float, float, int] | None = None
 
     def _set(self, tag: str, at: float, nbytes: int, now: float) -> None:
+        self._span = None
         steps = self._steps[tag]
         current = [s for s in steps if s[0] <= now][-1:]  # drop history and pending steps
         self._steps[tag] = [*current, (max(at, now), nbytes)]
@@ -303,9 +307,20 @@ class MemoryModel:
 
     def bytes_at(self, now: float) -> int:
         """Bytes this process holds on each of its GPUs at ``now``."""
+        span = self._span
+        if span is not None and span[0] <= now < span[1]:
+            return span[2]
         if self.dead_at is not None and now >= self.dead_at:
-            return 0
-        return self.footprint.context + sum(self.tag_bytes_at(tag, now) for tag in TAGS)
+            value = 0
+        else:
+            value = self.footprint.context + sum(self.tag_bytes_at(tag, now) for tag in TAGS)
+        times = [at for steps in self._steps.values() for at, _ in steps]
+        if self.dead_at is not None:
+            times.append(self.dead_at)
+        since = max((t for t in times if t <= now), default=-math.inf)
+        until = min((t for t in times if t > now), default=math.inf)
+        self._span = (since, until, value)
+        return value
 
     def next_change_after(self, now: float) -> float | None:
         times = [at for steps in self._steps.values() for at, _ in steps if at > now]
@@ -375,3 +390,4 @@ class MemoryModel:
     def die(self, at: float) -> None:
         if self.dead_at is None or at < self.dead_at:
             self.dead_at = at
+            self._span = None

@@ -328,10 +328,13 @@ class FakeGpus:
     def snapshot(self, devices: Sequence[GpuDevice]) -> ProbeRound:
         memory = []
         processes = []
-        by_device: dict[str, list[tuple[int, int]]] = {}
-        wanted = {d.key for d in devices}
-        for (pid, key), nbytes in sorted(self._entries(wanted).items()):
-            by_device.setdefault(key, []).append((pid, nbytes))
+        by_device: dict[str, list[tuple[int, int]]] = {d.key: [] for d in devices}
+        for (pid, key), nbytes in self._entries(by_device.keys()).items():
+            rows = by_device.get(key)
+            if rows is not None:
+                rows.append((pid, nbytes))
+        for rows in by_device.values():
+            rows.sort()
         for dev in devices:
             rows = by_device.get(dev.key, [])
             used = sum(nbytes for _, nbytes in rows)
