@@ -10,7 +10,11 @@ import anyio.abc
 
 async def all_or_first_error(jobs: Sequence[Callable[[], Awaitable[None]]]) -> None:
     """Run ``jobs`` in one task group; on the first failure cancel the rest and re-raise it
-    (not wrapped in an ExceptionGroup, so callers catch the typed error they expect)."""
+    (not wrapped in an ExceptionGroup, so callers catch the typed error they expect).
+    A single job runs in the caller's task: the same outcome, without a task group."""
+    if len(jobs) == 1:
+        await jobs[0]()
+        return
     first: list[BaseException] = []
 
     async def guarded(job: Callable[[], Awaitable[None]], tg: anyio.abc.TaskGroup) -> None:
