@@ -1,0 +1,87 @@
+"""RunView.wait_until: a waiter that names its engines re-checks only on events about them."""
+
+from __future__ import annotations
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from offload_fsm.drivers.view import RunView
+from offload_fsm.events import EngineRegistered, Event, PhaseChanged, Transition
+
+
+def registered(engine_id: str) -> EngineRegistered:
+    return EngineRegistered(
+        seq=0,
+        ts=0.0,
+        run_id="r",
+        engine_id=engine_id,
+        role="engine",
+        adapter="sim",
+        initial_state="active",
+    )
+
+
+def moved(engine_id: str, dst: str) -> Transition:
+    return Transition(
+        seq=0, ts=0.0, run_id="r", engine_id=engine_id, src="active", dst=dst, trigger="t"
+    )
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await anyio.lowlevel.checkpoint()
+
+
+async def test_a_watching_waiter_rechecks_only_for_its_engines() -> None:
+    view = RunView()
+    for e in ("a", "b", "c"):
+        view.apply(registered(e))
+    checks: list[str] = []
+
+    def both_slept(v: RunView) -> bool:
+        checks.append("check")
+        return all(v.engines[e].state == "slept" for e in ("a", "b"))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(view.wait_until, both_slept, ("a", "b"))
+        await settle()
+        assert len(checks) == 1
+        events: list[Event] = [
+            moved("c", "slept"),
+            PhaseChanged(seq=0, ts=0.0, run_id="r", pipeline_id="p", step=1, phase="train"),
+        ]
+        for event in events:  # nothing about a or b: no re-check
+            view.apply(event)
+        await settle()
+        assert len(checks) == 1
+        view.apply(moved("a", "slept"))
+        await settle()
+        assert len(checks) == 2  # re-checked, still waiting for b
+        view.apply(moved("b", "slept"))
+    assert len(checks) == 3
+    assert view._watchers == {}  # nothing left behind
+
+
+async def test_an_unkeyed_waiter_rechecks_on_every_event() -> None:
+    view = RunView()
+    seen: list[int] = []
+
+    def two_phases(v: RunView) -> bool:
+        seen.append(v.events_seen)
+        return v.events_seen >= 2
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(view.wait_until, two_phases)
+        await settle()
+        for step in (1, 2):
+            view.apply(
+                PhaseChanged(seq=0, ts=0.0, run_id="r", pipeline_id="p", step=step, phase="rollout")
+            )
+            await settle()
+    assert seen == [0, 1, 2]
+
+
+async def test_watching_nothing_is_refused() -> None:
+    with pytest.raises(ValueError, match="watch names no engine"):
+        await RunView().wait_until(lambda v: False, ())
