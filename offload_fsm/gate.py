@@ -75,14 +75,15 @@ class Nudge:
     """
 
     def __init__(self) -> None:
-        self._event = anyio.Event()
+        self._event: anyio.Event | None = None  # made by a real-time sleeper only
         self._tokens: set[WakeToken] = set()
         self.count = 0
 
     def nudge(self) -> None:
         self.count += 1
-        self._event.set()
-        self._event = anyio.Event()
+        if self._event is not None:
+            self._event.set()
+            self._event = None
         for token in self._tokens:
             token.wake()
 
@@ -96,6 +97,8 @@ class Nudge:
             finally:
                 self._tokens.discard(token)
         event = self._event
+        if event is None:
+            event = self._event = anyio.Event()
         with anyio.move_on_after(seconds):
             await event.wait()
             return True

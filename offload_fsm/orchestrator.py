@@ -432,18 +432,19 @@ class Orchestrator:
         eng.history.append(step.dst.value)
         if step.dst in (State.SLEPT, State.FAILED):
             self.nudges.nudge(_keys(eng))  # memory or a blocker on these GPUs may have gone
-        with anyio.CancelScope(shield=True):  # the log must record every transition made
-            await self.recorder.emit(
-                Transition,
-                engine_id=eng.id,
-                pipeline_id=eng.spec.pipeline_id,
-                gpus=tuple(d.key for d in eng.spec.devices),
-                src=step.src.value,
-                dst=step.dst.value,
-                trigger=step.trigger.value,
-                reason=step.reason,
-                evidence=evidence,
-            )
+        fields = {
+            "engine_id": eng.id,
+            "pipeline_id": eng.spec.pipeline_id,
+            "gpus": _keys(eng),
+            "src": step.src.value,
+            "dst": step.dst.value,
+            "trigger": step.trigger.value,
+            "reason": step.reason,
+            "evidence": evidence,
+        }
+        if self.recorder.emit_now(Transition, **fields) is None:
+            with anyio.CancelScope(shield=True):  # the log must record every transition made
+                await self.recorder.emit(Transition, **fields)
 
     async def _leave_gated(self, eng: Engine, exc: BaseException) -> None:
         if eng.state is not State.GATED:

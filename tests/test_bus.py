@@ -316,3 +316,32 @@ def test_subscribe_checks_its_arguments() -> None:
     with pytest.raises(ValueError, match="sometimes"):
         bus.subscribe("x", policy="sometimes")
     assert bus.subscriptions == ()
+
+
+def test_emit_now_delivers_at_once_or_does_nothing_when_it_would_wait() -> None:
+    bus = EventBus()
+    recorder = Recorder(bus, "r", VirtualClock())
+    sub = bus.subscribe("slow", capacity=2)  # BLOCK
+    dropper = bus.subscribe("lossy", capacity=1, policy=SlowPolicy.DROP)
+    first = recorder.emit_now(PhaseChanged, pipeline_id="p", step=1, phase="train")
+    second = recorder.emit_now(PhaseChanged, pipeline_id="p", step=2, phase="train")
+    assert first is not None and second is not None
+    assert (first.seq, second.seq) == (1, 2) and recorder.last is second
+    assert dropper.dropped == 1  # a full DROP subscriber never makes it wait
+    # The BLOCK subscriber is full: nothing is numbered, nothing delivered.
+    assert recorder.emit_now(PhaseChanged, pipeline_id="p", step=3, phase="train") is None
+    assert sub.pending == 2 and recorder.last is second
+    sub.close()  # a closed subscriber does not hold it back
+    third = recorder.emit_now(PhaseChanged, pipeline_id="p", step=3, phase="train")
+    assert third is not None and third.seq == 3
+
+
+def test_emit_now_defers_to_a_subclass_that_watches_emit() -> None:
+    class Watching(Recorder):
+        async def emit(self, kind, **fields):  # type: ignore[no-untyped-def]
+            return await super().emit(kind, **fields)
+
+    bus = EventBus()
+    watching = Watching(bus, "r", VirtualClock())
+    assert watching.emit_now(PhaseChanged, pipeline_id="p", step=1, phase="train") is None
+    assert watching.last is None
