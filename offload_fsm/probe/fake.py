@@ -122,9 +122,12 @@ class FakeGpus:
         self._unknown: set[int] = set()  # pids whose usage the "driver" will not report
         self._hidden_lists: set[str] = set()  # device keys whose process list is unknown
         self._pid_offset = 0
-        self._sources: list[
-            tuple[Callable[[], Iterable[tuple[int, str, int]]], frozenset[str] | None]
-        ] = []
+        # Extra usage sources, in the order added: those of any device, and by device key
+        # (a snapshot of a few GPUs reads only their sources: at scale, scanning every
+        # source of the node was the simulator's largest cost).
+        self._sources: list[Callable[[], Iterable[tuple[int, str, int]]]] = []
+        self._any_device_sources: list[int] = []
+        self._sources_by_key: dict[str, list[int]] = {}
         if isinstance(reserved_bytes, int):
             self._reserved = {d.key: reserved_bytes for d in self.devices}
         else:
@@ -149,8 +152,13 @@ class FakeGpus:
         """Extra usage read at every snapshot: ``(pid, device key, bytes)`` rows, e.g. from
         simulated engine processes that keep their ledger in files. ``devices``: the only
         devices its rows name (snapshots of other devices then skip it); None: any."""
-        keys = None if devices is None else frozenset(self.device(d).key for d in devices)
-        self._sources.append((source, keys))
+        index = len(self._sources)
+        self._sources.append(source)
+        if devices is None:
+            self._any_device_sources.append(index)
+            return
+        for key in dict.fromkeys(self.device(d).key for d in devices):
+            self._sources_by_key.setdefault(key, []).append(index)
 
     def _settle_timelines(self, now: float) -> None:
         """Fold timelines into the plain ledger (finished ones are dropped)."""
@@ -173,10 +181,15 @@ class FakeGpus:
         if not self._sources:
             return self._usage
         merged = dict(self._usage)
-        for source, only in self._sources:
-            if keys is not None and only is not None and keys.isdisjoint(only):
-                continue
-            for pid, key, nbytes in source():
+        if keys is None:
+            chosen: Iterable[int] = range(len(self._sources))
+        else:
+            picked = set(self._any_device_sources)
+            for key in keys:
+                picked.update(self._sources_by_key.get(key, ()))
+            chosen = sorted(picked)  # the order they were added, as for all of them
+        for index in chosen:
+            for pid, key, nbytes in self._sources[index]():
                 if nbytes > 0:
                     merged[(pid, key)] = merged.get((pid, key), 0) + nbytes
         return merged
