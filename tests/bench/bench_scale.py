@@ -19,6 +19,7 @@ import anyio
 from offload_fsm.bus import EventBus, Recorder
 from offload_fsm.clock import VirtualClock
 from offload_fsm.concurrency import all_or_first_error
+from offload_fsm.drivers.gc_freeze import frozen_setup
 from offload_fsm.drivers.pipeline import Pipeline, shrink_gpus_for
 from offload_fsm.drivers.sim_world import SimOptions, build_sim_world
 from offload_fsm.drivers.view import RunView
@@ -129,7 +130,8 @@ async def scale_run(nodes: int, steps: int) -> tuple[float, float, int]:
                     )
                 )
         t0, v0 = time.perf_counter(), clock.now()
-        await all_or_first_error([partial(p.run, steps) for p in pipelines])
+        with frozen_setup():  # as the driver runner does
+            await all_or_first_error([partial(p.run, steps) for p in pipelines])
         wall, virtual = time.perf_counter() - t0, clock.now() - v0
         bus.close()
     events = recorder.last.seq if recorder.last else 0
