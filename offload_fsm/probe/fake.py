@@ -122,6 +122,7 @@ class FakeGpus:
         self._unknown: set[int] = set()  # pids whose usage the "driver" will not report
         self._hidden_lists: set[str] = set()  # device keys whose process list is unknown
         self._pid_offset = 0
+        self._views: dict[GpuDevice, tuple[object, DeviceMemory, tuple[GpuProcess, ...]]] = {}
         # Extra usage sources, in the order added: those of any device, and by device key
         # (a snapshot of a few GPUs reads only their sources: at scale, scanning every
         # source of the node was the simulator's largest cost).
@@ -339,36 +340,19 @@ class FakeGpus:
     # --- reading -----------------------------------------------------------------------------
 
     def snapshot(self, devices: Sequence[GpuDevice]) -> ProbeRound:
-        memory = []
-        processes = []
         by_device: dict[str, list[tuple[int, int]]] = {d.key: [] for d in devices}
         for (pid, key), nbytes in self._entries(by_device.keys()).items():
             rows = by_device.get(key)
             if rows is not None:
                 rows.append((pid, nbytes))
-        for rows in by_device.values():
-            rows.sort()
+        memory: list[DeviceMemory] = []
+        processes: list[GpuProcess] = []
         for dev in devices:
-            rows = by_device.get(dev.key, [])
-            used = sum(nbytes for _, nbytes in rows)
-            reserved = self._reserved.get(dev.key, 0)
-            total = dev.total_bytes
-            memory.append(
-                DeviceMemory(
-                    device=dev,
-                    total_bytes=total,
-                    used_bytes=used,
-                    free_bytes=None if total is None else max(0, total - reserved - used),
-                    reserved_bytes=reserved,
-                )
-            )
-            if dev.key in self._hidden_lists:
-                continue
-            for pid, nbytes in rows:
-                shown = None if pid in self._unknown else nbytes
-                processes.append(
-                    GpuProcess(device=dev, pid=pid + self._pid_offset, used_bytes=shown)
-                )
+            rows = by_device[dev.key]
+            rows.sort()
+            mem, procs = self._device_view(dev, tuple(rows))
+            memory.append(mem)
+            processes.extend(procs)
         unknown = tuple(d.key for d in devices if d.key in self._hidden_lists)
         return ProbeRound(
             "fake",
@@ -377,6 +361,42 @@ class FakeGpus:
             tuple(processes),
             unknown_processes=unknown,
         )
+
+    def _device_view(
+        self, dev: GpuDevice, rows: tuple[tuple[int, int], ...]
+    ) -> tuple[DeviceMemory, tuple[GpuProcess, ...]]:
+        """One device's reading, reused while nothing about it changed: most polls see the
+        same memory, and building the records again was most of a simulated round."""
+        hidden = dev.key in self._hidden_lists
+        reserved = self._reserved.get(dev.key, 0)
+        unknown = frozenset(p for p, _ in rows if p in self._unknown) if self._unknown else None
+        key = (rows, reserved, hidden, self._pid_offset, unknown)
+        cached = self._views.get(dev)
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        used = sum(nbytes for _, nbytes in rows)
+        total = dev.total_bytes
+        mem = DeviceMemory(
+            device=dev,
+            total_bytes=total,
+            used_bytes=used,
+            free_bytes=None if total is None else max(0, total - reserved - used),
+            reserved_bytes=reserved,
+        )
+        procs = (
+            ()
+            if hidden
+            else tuple(
+                GpuProcess(
+                    device=dev,
+                    pid=pid + self._pid_offset,
+                    used_bytes=None if pid in self._unknown else nbytes,
+                )
+                for pid, nbytes in rows
+            )
+        )
+        self._views[dev] = (key, mem, procs)
+        return mem, procs
 
 
 # --- faults ----------------------------------------------------------------------------------
