@@ -86,7 +86,10 @@ class _Sleeper:
         return (self.deadline, self.seq) < (other.deadline, other.seq)
 
     def cancel(self) -> None:
+        if self.gone:  # fired or cancelled already
+            return
         self.gone = True
+        self.callback = None  # must not keep its deadline's scope (and that task) alive
         if self.on_cancel is not None:
             self.on_cancel(self)
 
@@ -130,6 +133,7 @@ class VirtualClock:
         # comparison was a tenth of a large simulated run.
         self._heap: list[_Entry] = []  # sleeping tasks
         self._timers: list[_Entry] = []  # callbacks (no task)
+        self._timers_live = 0  # timers in the heap not cancelled
         self._counter = itertools.count()
         self._live = 0  # sleeping tasks not cancelled
         self._due: collections.deque[_Sleeper] = collections.deque()  # to wake, in order (trio)
@@ -161,6 +165,7 @@ class VirtualClock:
             self._now + max(0.0, seconds), next(self._counter), callback, self._timer_cancelled
         )
         heapq.heappush(self._timers, (timer.deadline, timer.seq, timer))
+        self._timers_live += 1
         self._keep_orphaned_timers()
         return timer
 
@@ -204,9 +209,11 @@ class VirtualClock:
                     timer = _top(self._timers)
                     if timer is not None and timer.deadline <= me.deadline:
                         heapq.heappop(self._timers)
+                        self._timers_live -= 1
                         self._move_to(timer.deadline)
-                        assert timer.callback is not None
-                        timer.callback()  # e.g. cancels a deadline scope: let it run first
+                        callback, timer.callback, timer.gone = timer.callback, None, True
+                        assert callback is not None
+                        callback()  # e.g. cancels a deadline scope: let it run first
                         continue
                     heapq.heappop(self._heap)
                     self._leave(me)
@@ -262,6 +269,14 @@ class VirtualClock:
         this was the timer it sleeps towards (the others are dropped when they reach it)."""
         if self._keeper_token is not None and self._timers and self._timers[0][2] is timer:
             self._keeper_token.wake()
+        self._timers_live -= 1
+        # Cancelled timers wait in the heap until they reach its top: a 120 s call deadline
+        # cancelled after 1 ms would sit there for 120 s of virtual time. Past half the heap,
+        # drop them all at once (amortised O(1) per timer), or a large run's heap, memory
+        # and garbage-collection passes would grow with every call made in that window.
+        if len(self._timers) > 64 and len(self._timers) > 2 * self._timers_live:
+            self._timers = [entry for entry in self._timers if not entry[2].gone]
+            heapq.heapify(self._timers)
 
     def _release_due(self) -> None:
         """Every other sleeper whose deadline has now come goes without an idle check of its

@@ -150,3 +150,18 @@ async def test_real_clock_deadline_uses_real_time() -> None:
             await clock.sleep(5)
     assert 0.04 <= clock.now() - before < 2
     assert abs(clock.wall() - time.time()) < 1
+
+
+def test_cancelled_timers_do_not_pile_up_or_keep_their_callbacks() -> None:
+    """A long call deadline cancelled at once must not stay in the heap for its whole span
+    (a large run makes thousands a second), nor keep what its callback refers to alive."""
+    clock = VirtualClock()
+    keep = clock.call_later(1.0, lambda: None)
+    timers = [clock.call_later(120.0, lambda: None) for _ in range(1000)]
+    for timer in timers:
+        timer.cancel()
+    assert len(clock._timers) <= 2 * 64
+    assert all(t.callback is None for t in timers)
+    assert keep.callback is not None and not keep.gone
+    timers[0].cancel()  # twice: a no-op, not a second count
+    assert clock._timers_live == 1
