@@ -152,7 +152,7 @@ async def test_real_clock_deadline_uses_real_time() -> None:
     assert abs(clock.wall() - time.time()) < 1
 
 
-def test_cancelled_timers_do_not_pile_up_or_keep_their_callbacks() -> None:
+async def test_cancelled_timers_do_not_pile_up_or_keep_their_callbacks() -> None:
     """A long call deadline cancelled at once must not stay in the heap for its whole span
     (a large run makes thousands a second), nor keep what its callback refers to alive."""
     clock = VirtualClock()
@@ -165,3 +165,6 @@ def test_cancelled_timers_do_not_pile_up_or_keep_their_callbacks() -> None:
     assert keep.callback is not None and not keep.gone
     timers[0].cancel()  # twice: a no-op, not a second count
     assert clock._timers_live == 1
+    keep.cancel()
+    await clock.sleep(2.0)  # the keeper task sees nothing left to keep and ends
+    assert clock._timers_live == 0
