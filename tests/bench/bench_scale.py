@@ -2,6 +2,11 @@
 virtual time. Prints wall time per cycle against GPU count (goal: linear; a 512-GPU cycle in
 < 1 s of wall time on a 2-core machine).
 
+Two figures per size. "per step" is a run of S steps divided by S: its first step has no
+expand (every engine starts awake) and the end releases what is left, so it flatters the
+cycle. "full cycle" is what one more full cycle costs (expand, rollout, shrink, train):
+(wall of S+2 steps - wall of S steps) / 2, the figure the goal is about.
+
 Each node has its own fake GPU ledger (as NVML sees only its node); one routed probe answers
 a round for GPUs on several nodes, concurrently. Run: ``python -m tests.bench.bench_scale``.
 """
@@ -141,19 +146,26 @@ async def scale_run(nodes: int, steps: int) -> tuple[float, float, int]:
 async def main() -> None:
     counts = [int(x) for x in os.environ.get("BENCH_NODES", "1,4,16,64").split(",")]
     steps = int(os.environ.get("BENCH_STEPS", "2"))
-    print(f"simulated scale run: 8 GPUs/node, 2 pipelines per node, {steps} steps, virtual time")
     print(
-        f"{'nodes':>6} {'GPUs':>6} {'engines':>8} {'wall/cycle':>11} {'per GPU':>10} "
-        f"{'virtual/cycle':>14} {'events':>8}"
+        f"simulated scale run: 8 GPUs/node, 2 pipelines per node, virtual time; per step over "
+        f"{steps} steps, full cycle = ({steps + 2} steps - {steps} steps) / 2"
+    )
+    print(
+        f"{'nodes':>6} {'GPUs':>6} {'engines':>8} {'per step':>9} {'full cycle':>11} "
+        f"{'per GPU':>9} {'virtual/cycle':>14} {'events/cycle':>13}"
     )
     base = None
     for n in counts:
-        wall, virtual, events = await scale_run(n, steps)
-        per_gpu = wall / (8 * n)
+        wall, _, events = await scale_run(n, steps)
+        wall_more, virtual_more, events_more = await scale_run(n, steps + 2)
+        full = (wall_more * (steps + 2) - wall * steps) / 2
+        virtual = virtual_more  # per step of the longer run
+        per_gpu = full / (8 * n)
         base = base or per_gpu
         print(
-            f"{n:6d} {8 * n:6d} {14 * n:8d} {wall:10.3f}s {per_gpu * 1e3:8.2f}ms "
-            f"{virtual:13.2f}s {events:8d}   (x{per_gpu / base:.2f} per GPU vs smallest)"
+            f"{n:6d} {8 * n:6d} {14 * n:8d} {wall:8.3f}s {full:10.3f}s "
+            f"{per_gpu * 1e3:7.2f}ms {virtual:13.2f}s {(events_more - events) // 2:13d}"
+            f"   (x{per_gpu / base:.2f} per GPU vs smallest)"
         )
         sys.stdout.flush()
 
