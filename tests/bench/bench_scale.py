@@ -5,7 +5,8 @@ virtual time. Prints wall time per cycle against GPU count (goal: linear; a 512-
 Two figures per size. "per step" is a run of S steps divided by S: its first step has no
 expand (every engine starts awake) and the end releases what is left, so it flatters the
 cycle. "full cycle" is what one more full cycle costs (expand, rollout, shrink, train):
-(wall of S+2 steps - wall of S steps) / 2, the figure the goal is about.
+(wall of S+K steps - wall of S steps) / K (``BENCH_STEPS``=S, ``BENCH_EXTRA``=K, default 2
+and 4), the figure the goal is about.
 
 Each node has its own fake GPU ledger (as NVML sees only its node); one routed probe answers
 a round for GPUs on several nodes, concurrently. Run: ``python -m tests.bench.bench_scale``.
@@ -146,9 +147,10 @@ async def scale_run(nodes: int, steps: int) -> tuple[float, float, int]:
 async def main() -> None:
     counts = [int(x) for x in os.environ.get("BENCH_NODES", "1,4,16,64").split(",")]
     steps = int(os.environ.get("BENCH_STEPS", "2"))
+    extra = int(os.environ.get("BENCH_EXTRA", "4"))
     print(
         f"simulated scale run: 8 GPUs/node, 2 pipelines per node, virtual time; per step over "
-        f"{steps} steps, full cycle = ({steps + 2} steps - {steps} steps) / 2"
+        f"{steps} steps, full cycle = ({steps + extra} steps - {steps} steps) / {extra}"
     )
     print(
         f"{'nodes':>6} {'GPUs':>6} {'engines':>8} {'per step':>9} {'full cycle':>11} "
@@ -157,14 +159,14 @@ async def main() -> None:
     base = None
     for n in counts:
         wall, _, events = await scale_run(n, steps)
-        wall_more, virtual_more, events_more = await scale_run(n, steps + 2)
-        full = (wall_more * (steps + 2) - wall * steps) / 2
+        wall_more, virtual_more, events_more = await scale_run(n, steps + extra)
+        full = (wall_more * (steps + extra) - wall * steps) / extra
         virtual = virtual_more  # per step of the longer run
         per_gpu = full / (8 * n)
         base = base or per_gpu
         print(
             f"{n:6d} {8 * n:6d} {14 * n:8d} {wall:8.3f}s {full:10.3f}s "
-            f"{per_gpu * 1e3:7.2f}ms {virtual:13.2f}s {(events_more - events) // 2:13d}"
+            f"{per_gpu * 1e3:7.2f}ms {virtual:13.2f}s {(events_more - events) // extra:13d}"
             f"   (x{per_gpu / base:.2f} per GPU vs smallest)"
         )
         sys.stdout.flush()
