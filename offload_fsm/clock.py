@@ -15,10 +15,10 @@ import itertools
 import math
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -27,6 +27,9 @@ from offload_fsm.idle import wait_all_tasks_blocked
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
+
+
+_T = TypeVar("_T")
 
 
 class Clock(Protocol):
@@ -437,6 +440,82 @@ class _VirtualDeadline:
         swallowed = self._scope.__exit__(exc_type, exc, tb)
         if self._scope.cancelled_caught and exc_type is not None:
             raise TimeoutError(f"deadline of {self._seconds:g} s passed") from None
+        return swallowed
+
+
+class RoundDeadlines:
+    """A deadline for each of a series of awaits in one task (a gate's probe rounds), under
+    one cancel scope armed around each await and disarmed between them: entering and leaving
+    an anyio cancel scope per round cost more than a simulated round itself. A scope that
+    expired cannot be re-armed, so it is left and replaced. Use it as ``with`` in the task
+    that awaits; ``await rounds.run(seconds, fn, *args)`` raises ``TimeoutError`` like
+    :func:`deadline`."""
+
+    __slots__ = ("_clock", "_scope")
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._scope: anyio.CancelScope | None = None
+
+    def __enter__(self) -> RoundDeadlines:
+        self._open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._scope is not None
+        return self._scope.__exit__(exc_type, exc, tb)
+
+    def _open(self) -> None:
+        self._scope = anyio.CancelScope()
+        self._scope.__enter__()
+
+    async def run(self, seconds: float, fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+        clock, scope = self._clock, self._scope
+        assert scope is not None, "RoundDeadlines.run outside its with block"
+        if isinstance(clock, VirtualClock):
+            timer: _Sleeper | None = clock.call_later(seconds, scope.cancel)
+        elif not getattr(clock, "virtual", False):
+            timer = None
+            scope.deadline = anyio.current_time() + seconds
+        else:  # another virtual clock: a deadline of its own (a watchdog task)
+            async with deadline(clock, seconds):
+                return await fn(*args)
+        try:
+            result = await fn(*args)
+        except BaseException as exc:
+            if not scope.cancel_called:
+                raise
+            self._disarm(scope, timer)
+            swallowed = self._replace(exc)
+            if swallowed:  # the cancellation was this deadline's alone
+                raise TimeoutError(f"deadline of {seconds:g} s passed") from None
+            raise
+        self._disarm(scope, timer)
+        if scope.cancel_called:  # expired as the await returned: the scope is spent
+            self._replace(None)
+        return result
+
+    @staticmethod
+    def _disarm(scope: anyio.CancelScope, timer: _Sleeper | None) -> None:
+        if timer is not None:
+            timer.cancel()
+        elif not scope.cancel_called:
+            scope.deadline = math.inf
+
+    def _replace(self, exc: BaseException | None) -> bool:
+        """Leave the spent scope (True: it swallowed ``exc``, its own cancellation) and
+        enter a fresh one for the rounds still to come."""
+        assert self._scope is not None
+        if exc is None:
+            swallowed = bool(self._scope.__exit__(None, None, None))
+        else:
+            swallowed = bool(self._scope.__exit__(type(exc), exc, exc.__traceback__))
+        self._open()
         return swallowed
 
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import anyio
 
 from offload_fsm.bus import Recorder
-from offload_fsm.clock import Clock, VirtualClock, WakeToken, deadline
+from offload_fsm.clock import Clock, RoundDeadlines, VirtualClock, WakeToken
 from offload_fsm.config import GatePolicy
 from offload_fsm.errors import (
     BackendUnavailable,
@@ -195,66 +195,70 @@ async def run_gate(
             detail=v.detail,
         )
 
-    while True:
-        attempts += 1
-        try:
-            async with deadline(clock, policy.probe_timeout_s):
-                last_round = await probe.probe(devices)
-        except DeviceUnhealthy:
-            raise
-        except (ProbeError, TimeoutError) as exc:
-            err = exc if isinstance(exc, ProbeError) else ProbeError(f"probe round hung: {exc}")
-            last_error = err
-            verdict = Verdict(None, tuple(None for _ in keys), None, f"unmeasured: {err}")
-            if policy.fail_open:
-                return await _fail_open(events, err, clock.now() - start, attempts)
-            if isinstance(exc, (BackendUnavailable, DeviceIdError)):  # retrying cannot help
-                raise GateUnmeasurable(
-                    f"{condition.gate} gate on {', '.join(keys)}: {exc} (failing closed)"
-                ) from exc
-        else:
-            verdict = condition.evaluate(last_round)
-            await _sample_memory(last_round, recorder, ctx)
-            if verdict.passed is None and policy.fail_open:
-                err = ProbeError(verdict.detail or "memory could not be measured")
-                return await _fail_open(events, err, clock.now() - start, attempts)
-        settle = settle + 1 if verdict.passed else 0
-        settled = settle >= policy.settle_samples
-        opened = settled and not verdict.blocked
-        now = clock.now()
-        elapsed = now - start
-        changed = prev_observed is None or _moved(prev_observed, verdict.observed)
-        flipped = verdict.passed != prev_passed
-        prev_passed = verdict.passed
-        # Decisions are events when memory moved, when the verdict flipped, on opening, and
-        # as a heartbeat: not on every millisecond poll of memory that does not move.
-        if changed or flipped or opened or now - last_event_at >= policy.heartbeat_s:
-            await emit_decision(verdict, opened, elapsed)
-            last_event_at = now
-        if ctx.on_progress is not None:
-            ctx.on_progress(verdict, settle, elapsed)
-        if opened:
-            return GateResult(True, False, attempts, elapsed, last_round, verdict)
-        if elapsed >= policy.deadline_s - _EPSILON_S:  # float sums never quite reach it
-            break
-        if verdict.passed and not settled:
-            interval = policy.poll_min_s
-            pause = policy.settle_interval_s
-        elif verdict.blocked and ctx.nudge is not None:
-            # Waiting on other engines, not on memory: their transitions nudge us.
-            interval = policy.poll_min_s  # once unblocked, memory may be moving
-            pause = policy.heartbeat_s
-        else:
-            interval = (
-                policy.poll_min_s if changed else min(interval * policy.backoff, policy.poll_max_s)
-            )
-            pause = interval
-        prev_observed = verdict.observed
-        pause = min(pause, max(0.0, policy.deadline_s - elapsed))
-        if ctx.nudge is None or (verdict.passed and not settled):
-            await clock.sleep(pause)
-        elif await ctx.nudge.sleep(clock, pause):
-            interval = policy.poll_min_s
+    # One cancel scope for all the rounds, armed around each (a scope per round cost more
+    # than a simulated round: see clock.RoundDeadlines).
+    with RoundDeadlines(clock) as rounds:
+        while True:
+            attempts += 1
+            try:
+                last_round = await rounds.run(policy.probe_timeout_s, probe.probe, devices)
+            except DeviceUnhealthy:
+                raise
+            except (ProbeError, TimeoutError) as exc:
+                err = exc if isinstance(exc, ProbeError) else ProbeError(f"probe round hung: {exc}")
+                last_error = err
+                verdict = Verdict(None, tuple(None for _ in keys), None, f"unmeasured: {err}")
+                if policy.fail_open:
+                    return await _fail_open(events, err, clock.now() - start, attempts)
+                if isinstance(exc, (BackendUnavailable, DeviceIdError)):  # retrying cannot help
+                    raise GateUnmeasurable(
+                        f"{condition.gate} gate on {', '.join(keys)}: {exc} (failing closed)"
+                    ) from exc
+            else:
+                verdict = condition.evaluate(last_round)
+                await _sample_memory(last_round, recorder, ctx)
+                if verdict.passed is None and policy.fail_open:
+                    err = ProbeError(verdict.detail or "memory could not be measured")
+                    return await _fail_open(events, err, clock.now() - start, attempts)
+            settle = settle + 1 if verdict.passed else 0
+            settled = settle >= policy.settle_samples
+            opened = settled and not verdict.blocked
+            now = clock.now()
+            elapsed = now - start
+            changed = prev_observed is None or _moved(prev_observed, verdict.observed)
+            flipped = verdict.passed != prev_passed
+            prev_passed = verdict.passed
+            # Decisions are events when memory moved, when the verdict flipped, on opening, and
+            # as a heartbeat: not on every millisecond poll of memory that does not move.
+            if changed or flipped or opened or now - last_event_at >= policy.heartbeat_s:
+                await emit_decision(verdict, opened, elapsed)
+                last_event_at = now
+            if ctx.on_progress is not None:
+                ctx.on_progress(verdict, settle, elapsed)
+            if opened:
+                return GateResult(True, False, attempts, elapsed, last_round, verdict)
+            if elapsed >= policy.deadline_s - _EPSILON_S:  # float sums never quite reach it
+                break
+            if verdict.passed and not settled:
+                interval = policy.poll_min_s
+                pause = policy.settle_interval_s
+            elif verdict.blocked and ctx.nudge is not None:
+                # Waiting on other engines, not on memory: their transitions nudge us.
+                interval = policy.poll_min_s  # once unblocked, memory may be moving
+                pause = policy.heartbeat_s
+            else:
+                interval = (
+                    policy.poll_min_s
+                    if changed
+                    else min(interval * policy.backoff, policy.poll_max_s)
+                )
+                pause = interval
+            prev_observed = verdict.observed
+            pause = min(pause, max(0.0, policy.deadline_s - elapsed))
+            if ctx.nudge is None or (verdict.passed and not settled):
+                await clock.sleep(pause)
+            elif await ctx.nudge.sleep(clock, pause):
+                interval = policy.poll_min_s
 
     assert verdict is not None
     unmeasured = verdict.passed is None

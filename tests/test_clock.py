@@ -8,7 +8,7 @@ import time
 import anyio
 import pytest
 
-from offload_fsm.clock import RealClock, VirtualClock, deadline
+from offload_fsm.clock import RealClock, RoundDeadlines, VirtualClock, deadline
 
 
 async def test_sleepers_wake_in_deadline_order_at_their_deadline() -> None:
@@ -168,3 +168,47 @@ async def test_cancelled_timers_do_not_pile_up_or_keep_their_callbacks() -> None
     keep.cancel()
     await clock.sleep(2.0)  # the keeper task sees nothing left to keep and ends
     assert clock._timers_live == 0
+
+
+async def test_round_deadlines_time_out_a_hung_round_and_keep_serving_the_next() -> None:
+    clock = VirtualClock()
+    calls: list[str] = []
+
+    async def round_(seconds: float) -> str:
+        await clock.sleep(seconds)
+        calls.append(f"{seconds:g}")
+        return "ok"
+
+    with RoundDeadlines(clock) as rounds:
+        assert await rounds.run(1.0, round_, 0.5) == "ok"
+        await clock.sleep(5.0)  # between rounds nothing is armed: a long pause is fine
+        with pytest.raises(TimeoutError, match="deadline of 1 s"):
+            await rounds.run(1.0, round_, 30.0)
+        assert clock.now() == pytest.approx(6.5)  # 0.5 + 5 + 1: cut at its deadline
+        assert await rounds.run(1.0, round_, 0.25) == "ok"  # a fresh scope after the expiry
+    assert calls == ["0.5", "0.25"]
+    assert clock._timers_live == 0
+
+
+async def test_round_deadlines_pass_an_outer_cancellation_through() -> None:
+    clock = VirtualClock()
+    with anyio.CancelScope() as outer:
+        with RoundDeadlines(clock) as rounds:
+
+            async def cancel_outer() -> None:
+                outer.cancel()
+                await clock.sleep(10.0)
+
+            await rounds.run(1.0, cancel_outer)
+        pytest.fail("the cancellation must not be turned into a result")  # pragma: no cover
+    assert outer.cancelled_caught
+
+
+async def test_round_deadlines_on_real_time() -> None:
+    with RoundDeadlines(RealClock()) as rounds:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await rounds.run(0.05, anyio.sleep, 5.0)
+        assert time.monotonic() - started < 2
+        await rounds.run(0.05, anyio.sleep, 0.0)
+        await anyio.sleep(0.1)  # disarmed between rounds: this pause is not cut
