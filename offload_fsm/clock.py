@@ -488,9 +488,9 @@ class RoundDeadlines:
         try:
             result = await fn(*args)
         except BaseException as exc:
+            self._disarm(scope, timer)  # every way out: an armed timer would cut what follows
             if not scope.cancel_called:
                 raise
-            self._disarm(scope, timer)
             swallowed = self._replace(exc)
             if swallowed:  # the cancellation was this deadline's alone
                 raise TimeoutError(f"deadline of {seconds:g} s passed") from None

@@ -212,3 +212,19 @@ async def test_round_deadlines_on_real_time() -> None:
         assert time.monotonic() - started < 2
         await rounds.run(0.05, anyio.sleep, 0.0)
         await anyio.sleep(0.1)  # disarmed between rounds: this pause is not cut
+
+
+async def test_round_deadlines_disarm_after_a_round_that_raised() -> None:
+    """A round that fails (not a timeout) must not leave its deadline armed: it would cut
+    the pause or the round after it."""
+    clock = VirtualClock()
+
+    async def fails() -> None:
+        raise ValueError("transient")
+
+    with RoundDeadlines(clock) as rounds:
+        with pytest.raises(ValueError):
+            await rounds.run(1.0, fails)
+        await clock.sleep(5.0)  # past the failed round's deadline
+        assert await rounds.run(1.0, clock.sleep, 0.5) is None
+    assert clock.now() == pytest.approx(5.5)
