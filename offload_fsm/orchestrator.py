@@ -11,151 +11,45 @@ cancelled while gated -> ``slept`` (cancel_wake); while releasing or waking -> `
 (the engine's memory state is unknown, and resume is not idempotent). An operation whose
 caller was already cancelled when it began changes nothing (``release_many`` cancelled
 before it reached an engine leaves that engine ``active``, not ``failed``).
+
+The data types live in engine_spec.py and orchestrator_config.py, and the helpers this class
+binds to its settings in engine_call.py, engine_memory.py, gpu_sharing.py,
+group_wake_gate.py and interruptions.py; the public names are importable from here as well.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from functools import partial
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 
-from offload_fsm.adapters.base import EngineAdapter
 from offload_fsm.bus import Recorder
-from offload_fsm.clock import Clock, RealClock, deadline
+from offload_fsm.clock import Clock, RealClock
 from offload_fsm.concurrency import all_or_first_error
-from offload_fsm.conditions import ReleaseCondition, ResumeCondition, WakeCondition
-from offload_fsm.config import (
-    CUDA_CONTEXT_FLOOR_GIB,
-    DEFAULT_RELEASE_MARGIN_GIB,
-    GatePolicy,
-    check_threshold_fits,
-    gib_to_bytes,
-)
-from offload_fsm.errors import (
-    ConfigError,
-    EngineCallTimeout,
-    EngineError,
-    GateError,
-    IllegalTransition,
-    OffloadFsmError,
-    ProbeError,
-)
-from offload_fsm.events import (
-    AdapterCallFailed,
-    AdapterCallFinished,
-    AdapterCallStarted,
-    AttributionReport,
-    EngineRegistered,
-    GateDecision,
-    RunFinished,
-    RunStarted,
-    Transition,
-)
+from offload_fsm.conditions import ReleaseCondition, ResumeCondition
+from offload_fsm.config import GatePolicy, check_threshold_fits
+from offload_fsm.engine_call import call_engine, tag_list, tag_text
+from offload_fsm.engine_memory import engine_pids, report_attribution, resident_now
+from offload_fsm.engine_spec import HISTORY_LEN, Engine, EngineSpec, PidsFn
+from offload_fsm.engine_spec import gpu_keys as _keys
+from offload_fsm.errors import ConfigError, IllegalTransition
+from offload_fsm.events import EngineRegistered, RunFinished, RunStarted, Transition
 from offload_fsm.gate import GateContext, GateResult, NudgeHub, run_gate
-from offload_fsm.lifecycle import AWAKE_STATES, Evidence, Lifecycle, State, Trigger
+from offload_fsm.gpu_sharing import blockers_of, check_wake_group, neighbours
+from offload_fsm.group_wake_gate import wake_group_gate
+from offload_fsm.interruptions import failure_reason, gated_exit
+from offload_fsm.lifecycle import Evidence, Lifecycle, State, Trigger
+from offload_fsm.orchestrator_config import OrchestratorConfig
 from offload_fsm.probe.attribution import (
     Attribution,
     ProcessTable,
-    attribute,
     detect_pid_namespace,
     read_process,
-    resident_by_gpu,
 )
 from offload_fsm.probe.base import GpuDevice, ProbeBackend, ProbeRound
-
-PidsFn = Callable[[], frozenset[int]]
-HISTORY_LEN = 64  # states kept per engine in Engine.history (the event log has them all)
-
-# States in which an engine holds, or may be about to hold, memory on its GPUs: a wake of a
-# conflicting engine on a shared GPU waits while any of these is current.
-_OCCUPYING = AWAKE_STATES | {State.RELEASING}
-
-
-@dataclass(frozen=True, slots=True)
-class EngineSpec:
-    """One engine (or trainer) the orchestrator owns."""
-
-    engine_id: str
-    adapter: EngineAdapter
-    devices: tuple[GpuDevice, ...]
-    pipeline_id: str | None = None
-    role: str = "engine"  # "engine" | "trainer"
-    # Engines with the same non-empty group may be awake together on a shared GPU; any other
-    # two engines whose GPUs overlap are never both waking/active/releasing.
-    share_group: str | None = None
-    initial: State = State.ACTIVE
-    release_limit_bytes: int | None = None  # None: the orchestrator's default
-    resume_fraction: float = 0.8
-    need_free_bytes: int | None = None  # optional second wake rule
-    pids: PidsFn | None = None  # the engine's process tree; default: walk /proc from the root
-
-    def __post_init__(self) -> None:
-        if not self.engine_id:
-            raise ConfigError("engine_id", self.engine_id, "a non-empty string")
-        if not self.devices:
-            raise ConfigError(f"{self.engine_id}.devices", self.devices, "at least one GPU")
-        keys = [d.key for d in self.devices]
-        if len(set(keys)) != len(keys):
-            raise ConfigError(f"{self.engine_id}.devices", keys, "distinct GPUs")
-        if not 0 < self.resume_fraction <= 1:
-            raise ConfigError(
-                f"{self.engine_id}.resume_fraction", self.resume_fraction, "a fraction in (0, 1]"
-            )
-        if self.initial not in (State.ACTIVE, State.SLEPT):
-            raise ConfigError(f"{self.engine_id}.initial", self.initial.value, "active or slept")
-
-
-@dataclass(frozen=True, slots=True)
-class OrchestratorConfig:
-    threshold_bytes: int
-    wake_gate: GatePolicy = field(default_factory=GatePolicy)
-    release_gate: GatePolicy = field(default_factory=lambda: GatePolicy(deadline_s=30.0))
-    resume_gate: GatePolicy = field(
-        default_factory=lambda: GatePolicy(deadline_s=30.0, settle_samples=1)
-    )
-    call_timeout_s: float = 120.0  # every adapter call
-    drain_timeout_s: float = 30.0
-    default_release_limit_bytes: int = gib_to_bytes(
-        CUDA_CONTEXT_FLOOR_GIB + DEFAULT_RELEASE_MARGIN_GIB
-    )
-    release_unmeasured: str = "pass"  # "pass" | "fail" when no engine PID is visible
-    resume_unmeasured: str = "pass"
-    proc_root: str = "/proc"
-    # "host" | "foreign" | "unknown"; None: detected from ``proc_root`` at start. In a
-    # foreign PID namespace per-process figures are unknown (whole-GPU ones stay valid).
-    pid_namespace: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.threshold_bytes <= 0:
-            raise ConfigError("threshold_bytes", self.threshold_bytes, "a positive byte count")
-        for name in ("release_unmeasured", "resume_unmeasured"):
-            if getattr(self, name) not in ("pass", "fail"):
-                raise ConfigError(name, getattr(self, name), "'pass' or 'fail'")
-
-
-@dataclass(slots=True)
-class Engine:
-    spec: EngineSpec
-    lifecycle: Lifecycle
-    resident_before: int | None = None  # max per-GPU resident bytes before the last release
-    operations: int = 0
-    # The latest states, bounded: an orchestrator that runs for weeks must not grow.
-    history: deque[str] = field(default_factory=lambda: deque(maxlen=HISTORY_LEN))
-    root_start: int | None = None  # start ticks of the root process when registered
-
-    @property
-    def id(self) -> str:
-        return self.spec.engine_id
-
-    @property
-    def state(self) -> State:
-        return self.lifecycle.state
 
 
 class Orchestrator:
@@ -246,7 +140,7 @@ class Orchestrator:
             )
             eng.resident_before = await self._resident_now(eng)
             await self._call(
-                eng, "release", eng.spec.adapter.release, _tags(tags), detail=_tag_text(tags)
+                eng, "release", eng.spec.adapter.release, tag_list(tags), detail=tag_text(tags)
             )
             self.nudges.nudge(_keys(eng))  # memory on these GPUs may just have moved
             limit = eng.spec.release_limit_bytes or self.config.default_release_limit_bytes
@@ -283,15 +177,7 @@ class Orchestrator:
         the gate, the members resume concurrently; the first failure cancels the rest.
         """
         group = [self.engine(i) for i in dict.fromkeys(engine_ids)]
-        for i, eng in enumerate(group):  # members that would share a GPU awake: refused
-            clash = [o.id for o in group[i + 1 :] if o in self._conflicts(eng)]
-            if clash:
-                raise ConfigError(
-                    "wake_many engine_ids",
-                    [e.id for e in group],
-                    f"engines that may be awake together ({eng.id} shares a GPU with "
-                    f"{', '.join(clash)} outside a common share_group)",
-                )
+        check_wake_group(self._by_gpu, group)  # members that would share a GPU awake: refused
         for eng in group:  # all legal, or nothing changes
             if not eng.lifecycle.can(Trigger.REQUEST_WAKE):
                 raise IllegalTransition(eng.id, eng.state.value, Trigger.REQUEST_WAKE.value)
@@ -299,12 +185,20 @@ class Orchestrator:
         for eng in group:
             await self._emit_transition(eng, eng.lifecycle.fire(Trigger.REQUEST_WAKE))
         try:
-            result = await self._wake_gate(group)
+            result = await wake_group_gate(
+                group,
+                gate_over=self._gate_over,
+                blockers=lambda: [b for e in group for b in self.blockers(e.id)],
+                policy=self.config.wake_gate,
+                threshold_bytes=self.config.threshold_bytes,
+                clock=self.clock,
+                recorder=self.recorder,
+            )
         except BaseException as exc:
             for eng in group:
                 await self._leave_gated(eng, exc)
             raise
-        # No await between the final blocker check (in _wake_gate) and these triggers.
+        # No await between the final blocker check (in wake_group_gate) and these triggers.
         reason = "FAIL-OPEN: gate opened unmeasured" if result.fail_open else None
         steps = [eng.lifecycle.fire(Trigger.GATE_OPEN, reason=reason) for eng in group]
         for eng, step in zip(group, steps, strict=True):
@@ -314,7 +208,7 @@ class Orchestrator:
     async def _resume(self, eng: Engine, tags: Sequence[str] | None) -> None:
         try:
             await self._call(
-                eng, "resume", eng.spec.adapter.resume, _tags(tags), detail=_tag_text(tags)
+                eng, "resume", eng.spec.adapter.resume, tag_list(tags), detail=tag_text(tags)
             )
             if eng.resident_before:
                 pids = self._pids_of(eng)
@@ -336,78 +230,9 @@ class Orchestrator:
             await self._fail_after(eng, exc, "wake")
             raise
 
-    async def _wake_gate(self, group: list[Engine]) -> GateResult:
-        policy = self.config.wake_gate
-        started = self.clock.now()
-        devices = tuple({d.key: d for e in group for d in e.spec.devices}.values())
-        need = [e.spec.need_free_bytes for e in group if e.spec.need_free_bytes is not None]
-
-        def blockers() -> list[str]:
-            return [b for e in group for b in self.blockers(e.id)]
-
-        while True:
-            result = await self._gate_over(
-                group,
-                devices,
-                WakeCondition(
-                    devices, self.config.threshold_bytes, max(need, default=None), blockers=blockers
-                ),
-                policy,
-            )
-            # The final check: the caller fires gate_open with no await in between, so two
-            # engines gated on one GPU cannot both open on the same low reading.
-            if result.fail_open or not blockers():
-                break
-            left = self.config.wake_gate.deadline_s - (self.clock.now() - started)
-            policy = dataclasses.replace(policy, deadline_s=max(left, policy.poll_min_s))
-        if len(group) > 1 and result.verdict is not None and result.last_round is not None:
-            await self._member_decisions(group, result)
-        return result
-
-    async def _member_decisions(self, group: list[Engine], result: GateResult) -> None:
-        """A group gate opened: each member gets its own opened decision (its GPUs' readings
-        from the same settled rounds), so every engine's wake is justified in the log."""
-        assert result.last_round is not None
-        for eng in group:
-            verdict = WakeCondition(eng.spec.devices, self.config.threshold_bytes).evaluate(
-                result.last_round
-            )
-            await self.recorder.emit(
-                GateDecision,
-                engine_id=eng.id,
-                pipeline_id=eng.spec.pipeline_id,
-                gpus=_keys(eng),
-                gate="wake",
-                passed=bool(verdict.passed),
-                opened=True,
-                observed_bytes=verdict.observed,
-                limit_bytes=verdict.limit,
-                settle_count=self.config.wake_gate.settle_samples,
-                settle_required=self.config.wake_gate.settle_samples,
-                attempt=result.attempts,
-                elapsed_s=result.elapsed_s,
-                detail=f"group gate of {', '.join(e.id for e in group)}: {verdict.detail}",
-            )
-
     def blockers(self, engine_id: str) -> list[str]:
         """Engines that must not be awake on ``engine_id``'s GPUs while it wakes."""
-        me = self.engine(engine_id)
-        return [f"{o.id} ({o.state.value})" for o in self._conflicts(me) if o.state in _OCCUPYING]
-
-    def _conflicts(self, me: Engine) -> list[Engine]:
-        """Engines that must never be awake together with ``me``: they share a GPU and no
-        share group."""
-        group = me.spec.share_group
-        return [o for o in self._neighbours(me) if not (group and o.spec.share_group == group)]
-
-    def _neighbours(self, me: Engine) -> list[Engine]:
-        """Other engines sharing a GPU with ``me``, each once, in registration order."""
-        seen: dict[str, Engine] = {}
-        for dev in me.spec.devices:
-            for other in self._by_gpu.get(dev.key, ()):
-                if other is not me:
-                    seen.setdefault(other.id, other)
-        return list(seen.values())
+        return blockers_of(self._by_gpu, self.engine(engine_id))
 
     # --- group operations -------------------------------------------------------------------
 
@@ -447,70 +272,33 @@ class Orchestrator:
                 await self.recorder.emit(Transition, **fields)
 
     async def _leave_gated(self, eng: Engine, exc: BaseException) -> None:
-        if eng.state is not State.GATED:
-            return
-        if isinstance(exc, GateError):
-            trigger, reason = Trigger.GATE_TIMEOUT, str(exc)
-        elif isinstance(exc, Exception):
-            trigger, reason = Trigger.CANCEL_WAKE, f"wake gate aborted: {type(exc).__name__}: {exc}"
-        else:
-            trigger, reason = Trigger.CANCEL_WAKE, "wake cancelled while gated"
-        await self._emit_transition(eng, eng.lifecycle.fire(trigger, reason=reason))
+        if eng.state is State.GATED:
+            trigger, reason = gated_exit(exc)
+            await self._emit_transition(eng, eng.lifecycle.fire(trigger, reason=reason))
 
     async def _fail_after(self, eng: Engine, exc: BaseException, during: str) -> None:
-        if eng.state is State.FAILED or eng.state not in (State.RELEASING, State.WAKING):
-            return
-        if isinstance(exc, Exception):
-            reason = f"{during} failed: {type(exc).__name__}: {exc}"
-        else:
-            reason = f"cancelled during {during}: the engine's memory state is unknown"
-        await self._emit_transition(eng, eng.lifecycle.fire(Trigger.FAIL, reason=reason))
+        if eng.state in (State.RELEASING, State.WAKING):
+            reason = failure_reason(exc, during)
+            await self._emit_transition(eng, eng.lifecycle.fire(Trigger.FAIL, reason=reason))
 
-    async def _call(
+    def _call(
         self,
         eng: Engine,
         name: str,
         fn: Callable[..., Awaitable[None]],
         *args: Any,
         detail: str = "",
-    ) -> None:
-        ids = {
-            "engine_id": eng.id,
-            "pipeline_id": eng.spec.pipeline_id,
-            "gpus": tuple(d.key for d in eng.spec.devices),
-        }
-        await self.recorder.emit(AdapterCallStarted, call=name, detail=detail, **ids)
-        t0 = self.clock.now()
-        error: EngineError | None = None
-        try:
-            async with deadline(self.clock, self.config.call_timeout_s):
-                await fn(*args)
-        except TimeoutError as exc:
-            error = EngineCallTimeout(
-                eng.id, name, f"no answer within {self.config.call_timeout_s:g} s"
-            )
-            error.__cause__ = exc
-        except EngineError as exc:
-            error = exc
-        except OffloadFsmError:
-            raise
-        except Exception as exc:  # an adapter bug or an unmapped error: still the engine's
-            error = EngineError(eng.id, name, f"{type(exc).__name__}: {exc}")
-            error.__cause__ = exc
-        elapsed = self.clock.now() - t0
-        if error is not None:
-            with anyio.CancelScope(shield=True):
-                await self.recorder.emit(
-                    AdapterCallFailed,
-                    call=name,
-                    elapsed_s=elapsed,
-                    error_type=type(error).__name__,
-                    error=str(error),
-                    **ids,
-                )
-            raise error
-        await self.recorder.emit(
-            AdapterCallFinished, call=name, elapsed_s=elapsed, detail=detail, **ids
+    ) -> Coroutine[Any, Any, None]:
+        # Returns call_engine's coroutine itself: no extra frame on the hot path.
+        return call_engine(
+            eng,
+            name,
+            fn,
+            *args,
+            recorder=self.recorder,
+            clock=self.clock,
+            timeout_s=self.config.call_timeout_s,
+            detail=detail,
         )
 
     async def _gate(self, eng: Engine, condition: Any, policy: GatePolicy) -> GateResult:
@@ -542,68 +330,34 @@ class Orchestrator:
                 ctx=ctx,
             )
 
+    # engine_memory.py, bound to this orchestrator's probe, clock and /proc settings.
+
     def _pids_of(self, eng: Engine, table: ProcessTable | None = None) -> frozenset[int]:
-        if eng.spec.pids is not None:
-            return eng.spec.pids()
-        root = eng.spec.adapter.process_root
-        if root is None:
-            return frozenset()
-        table = table or self._table()
-        info = table.get(root)
-        known = info is not None and None not in (eng.root_start, info.start_ticks)
-        if known and info is not None and info.start_ticks != eng.root_start:
-            return frozenset()  # the engine's root died and its pid was recycled
-        return table.tree(root)
+        return engine_pids(eng, self.config.proc_root, table)
 
-    def _table(self) -> ProcessTable:
-        return ProcessTable.snapshot(self.config.proc_root)
-
-    async def _resident_now(self, eng: Engine) -> int | None:
-        """The engine's resident bytes now (max per GPU): a diagnostic, never fatal."""
-        try:
-            async with deadline(self.clock, self.config.release_gate.probe_timeout_s):
-                rnd = await self.probe.probe(eng.spec.devices)
-        except (ProbeError, TimeoutError):
-            return None
-        by_gpu = resident_by_gpu(rnd, self._pids_of(eng), pid_namespace=self.pid_namespace)
-        values = [v for v in by_gpu.values() if v is not None]
-        return max(values) if values else None
-
-    async def _report(
-        self, eng: Engine, rnd: ProbeRound | None, context: str
-    ) -> Attribution | None:
-        """An attribution report for ``eng``'s GPUs as an event (and returned)."""
-        if rnd is None:
-            return None
-        engines = (eng, *self._neighbours(eng))
-        # One /proc walk, and only when some engine is a real process tree (simulated
-        # engines name their pids themselves: their fake pids mean nothing in /proc).
-        real = any(e.spec.pids is None and e.spec.adapter.process_root for e in engines)
-        table = self._table() if real else None
-        trees = {e.id: self._pids_of(e, table) for e in engines}
-        report = attribute(rnd, trees, pid_namespace=self.pid_namespace, table=table)
-        fields = report.to_event_fields(engine_id=eng.id)
-        await self.recorder.emit(
-            AttributionReport,
-            engine_id=eng.id,
-            pipeline_id=eng.spec.pipeline_id,
-            gpus=tuple(m.device.key for m in rnd.memory),
-            context=context,
-            **fields,
+    def _resident_now(self, eng: Engine) -> Coroutine[Any, Any, int | None]:
+        return resident_now(
+            eng,
+            probe=self.probe,
+            clock=self.clock,
+            probe_timeout_s=self.config.release_gate.probe_timeout_s,
+            proc_root=self.config.proc_root,
+            pid_namespace=self.pid_namespace,
         )
-        return report
 
-
-def _keys(eng: Engine) -> tuple[str, ...]:
-    return tuple(d.key for d in eng.spec.devices)
-
-
-def _tags(tags: Sequence[str] | None) -> list[str] | None:
-    return None if tags is None else list(tags)
-
-
-def _tag_text(tags: Sequence[str] | None) -> str:
-    return "tags=all" if tags is None else f"tags={','.join(tags)}"
+    def _report(
+        self, eng: Engine, rnd: ProbeRound | None, context: str
+    ) -> Coroutine[Any, Any, Attribution | None]:
+        """An attribution report for ``eng``'s GPUs as an event (and returned)."""
+        return report_attribution(
+            eng,
+            neighbours(self._by_gpu, eng),
+            rnd,
+            context,
+            recorder=self.recorder,
+            proc_root=self.config.proc_root,
+            pid_namespace=self.pid_namespace,
+        )
 
 
 def _version() -> str:
@@ -612,4 +366,12 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["Engine", "EngineSpec", "IllegalTransition", "Orchestrator", "OrchestratorConfig"]
+__all__ = [
+    "HISTORY_LEN",
+    "Engine",
+    "EngineSpec",
+    "IllegalTransition",
+    "Orchestrator",
+    "OrchestratorConfig",
+    "PidsFn",
+]

@@ -1,0 +1,91 @@
+"""The wake gate of a group: one gate over the union of its GPUs, opened for all at once.
+
+All-or-nothing admission: two pipelines expanding onto the same shared GPUs can never each
+take half and wait for the other's half. When the group gate opens, each member gets its own
+opened decision (its GPUs' readings from the same settled rounds), so replay can justify
+every wake.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Sequence
+
+from offload_fsm.bus import Recorder
+from offload_fsm.clock import Clock
+from offload_fsm.conditions import WakeCondition
+from offload_fsm.config import GatePolicy
+from offload_fsm.engine_spec import Engine, gpu_keys
+from offload_fsm.events import GateDecision
+from offload_fsm.gate import GateResult
+from offload_fsm.probe.base import GpuDevice
+
+# Runs one gate for a group over the given GPUs (the orchestrator's, with its nudges).
+GateOver = Callable[
+    [list[Engine], tuple[GpuDevice, ...], WakeCondition, GatePolicy], Awaitable[GateResult]
+]
+
+
+async def wake_group_gate(
+    group: list[Engine],
+    *,
+    gate_over: GateOver,
+    blockers: Callable[[], list[str]],
+    policy: GatePolicy,
+    threshold_bytes: int,
+    clock: Clock,
+    recorder: Recorder,
+) -> GateResult:
+    """Gate ``group``'s wake on ``policy``; returns with no blocker left (or failed open)."""
+    wake_policy = policy
+    started = clock.now()
+    devices = tuple({d.key: d for e in group for d in e.spec.devices}.values())
+    need = [e.spec.need_free_bytes for e in group if e.spec.need_free_bytes is not None]
+    while True:
+        result = await gate_over(
+            group,
+            devices,
+            WakeCondition(devices, threshold_bytes, max(need, default=None), blockers=blockers),
+            policy,
+        )
+        # The final check: the caller fires gate_open with no await in between, so two
+        # engines gated on one GPU cannot both open on the same low reading.
+        if result.fail_open or not blockers():
+            break
+        left = wake_policy.deadline_s - (clock.now() - started)
+        policy = dataclasses.replace(policy, deadline_s=max(left, policy.poll_min_s))
+    if len(group) > 1 and result.verdict is not None and result.last_round is not None:
+        await _member_decisions(group, result, wake_policy, threshold_bytes, recorder)
+    return result
+
+
+async def _member_decisions(
+    group: Sequence[Engine],
+    result: GateResult,
+    policy: GatePolicy,
+    threshold_bytes: int,
+    recorder: Recorder,
+) -> None:
+    """A group gate opened: each member gets its own opened decision event."""
+    assert result.last_round is not None
+    for eng in group:
+        verdict = WakeCondition(eng.spec.devices, threshold_bytes).evaluate(result.last_round)
+        await recorder.emit(
+            GateDecision,
+            engine_id=eng.id,
+            pipeline_id=eng.spec.pipeline_id,
+            gpus=gpu_keys(eng),
+            gate="wake",
+            passed=bool(verdict.passed),
+            opened=True,
+            observed_bytes=verdict.observed,
+            limit_bytes=verdict.limit,
+            settle_count=policy.settle_samples,
+            settle_required=policy.settle_samples,
+            attempt=result.attempts,
+            elapsed_s=result.elapsed_s,
+            detail=f"group gate of {', '.join(e.id for e in group)}: {verdict.detail}",
+        )
+
+
+__all__ = ["GateOver", "wake_group_gate"]
