@@ -2,8 +2,8 @@
 
 ``now()`` is monotonic seconds (deadlines, elapsed), ``wall()`` is the event timestamp,
 ``sleep()`` waits. :class:`VirtualClock` makes backoff, settle windows and deadlines run in
-virtual time: fast and exact. Use :func:`deadline` instead of ``anyio.fail_after`` wherever the
-wait must follow the injected clock.
+virtual time: fast and exact. Use :func:`offload_fsm.deadlines.deadline` instead of
+``anyio.fail_after`` wherever the wait must follow the injected clock.
 """
 
 from __future__ import annotations
@@ -13,23 +13,14 @@ import collections
 import heapq
 import itertools
 import math
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Protocol
 
 import anyio
 import anyio.lowlevel
 
 from offload_fsm.idle import wait_all_tasks_blocked
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
-
-
-_T = TypeVar("_T")
 
 
 class Clock(Protocol):
@@ -385,163 +376,3 @@ async def _all_tasks_blocked(me: _Sleeper) -> bool:
         finally:
             me.idle_scope = None
     return not scope.cancel_called
-
-
-def deadline(clock: Clock, seconds: float) -> AbstractAsyncContextManager[None]:
-    """Like ``anyio.fail_after`` but timed by ``clock``: raises ``TimeoutError``."""
-    if isinstance(clock, VirtualClock):
-        return _VirtualDeadline(clock, seconds)
-    if not getattr(clock, "virtual", False):
-        return _RealDeadline(seconds)
-    return _watchdog_deadline(clock, seconds)
-
-
-class _RealDeadline:
-    __slots__ = ("_scope", "_seconds")
-
-    def __init__(self, seconds: float) -> None:
-        self._seconds = seconds
-        self._scope: Any = None
-
-    async def __aenter__(self) -> None:
-        self._scope = anyio.fail_after(self._seconds)
-        self._scope.__enter__()
-
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
-        return self._scope.__exit__(*exc_info)  # type: ignore[no-any-return]
-
-
-class _VirtualDeadline:
-    """A timer the clock's watcher fires (no task per deadline); while no task sleeps on the
-    clock, its keeper task does. A class, not a generator: every probe round and engine
-    call enters one, and the generator machinery cost as much as the cancel scope."""
-
-    __slots__ = ("_clock", "_scope", "_seconds", "_timer")
-
-    def __init__(self, clock: VirtualClock, seconds: float) -> None:
-        self._clock = clock
-        self._seconds = seconds
-        self._scope: anyio.CancelScope | None = None
-        self._timer: _Sleeper | None = None
-
-    async def __aenter__(self) -> None:
-        scope = self._scope = anyio.CancelScope()
-        scope.__enter__()
-        self._timer = self._clock.call_later(self._seconds, scope.cancel)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._scope is not None and self._timer is not None
-        self._timer.cancel()
-        swallowed = self._scope.__exit__(exc_type, exc, tb)
-        if self._scope.cancelled_caught and exc_type is not None:
-            raise TimeoutError(f"deadline of {self._seconds:g} s passed") from None
-        return swallowed
-
-
-class RoundDeadlines:
-    """A deadline for each of a series of awaits in one task (a gate's probe rounds), under
-    one cancel scope armed around each await and disarmed between them: entering and leaving
-    an anyio cancel scope per round cost more than a simulated round itself. A scope that
-    expired cannot be re-armed, so it is left and replaced. Use it as ``with`` in the task
-    that awaits; ``await rounds.run(seconds, fn, *args)`` raises ``TimeoutError`` like
-    :func:`deadline`."""
-
-    __slots__ = ("_clock", "_scope")
-
-    def __init__(self, clock: Clock) -> None:
-        self._clock = clock
-        self._scope: anyio.CancelScope | None = None
-
-    def __enter__(self) -> RoundDeadlines:
-        self._open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._scope is not None
-        return self._scope.__exit__(exc_type, exc, tb)
-
-    def _open(self) -> None:
-        self._scope = anyio.CancelScope()
-        self._scope.__enter__()
-
-    async def run(self, seconds: float, fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
-        clock, scope = self._clock, self._scope
-        assert scope is not None, "RoundDeadlines.run outside its with block"
-        if isinstance(clock, VirtualClock):
-            timer: _Sleeper | None = clock.call_later(seconds, scope.cancel)
-        elif not getattr(clock, "virtual", False):
-            timer = None
-            scope.deadline = anyio.current_time() + seconds
-        else:  # another virtual clock: a deadline of its own (a watchdog task)
-            async with deadline(clock, seconds):
-                return await fn(*args)
-        try:
-            result = await fn(*args)
-        except BaseException as exc:
-            self._disarm(scope, timer)  # every way out: an armed timer would cut what follows
-            if not scope.cancel_called:
-                raise
-            swallowed = self._replace(exc)
-            if swallowed:  # the cancellation was this deadline's alone
-                raise TimeoutError(f"deadline of {seconds:g} s passed") from None
-            raise
-        self._disarm(scope, timer)
-        if scope.cancel_called:  # expired as the await returned: the scope is spent
-            self._replace(None)
-        return result
-
-    @staticmethod
-    def _disarm(scope: anyio.CancelScope, timer: _Sleeper | None) -> None:
-        if timer is not None:
-            timer.cancel()
-        elif not scope.cancel_called:
-            scope.deadline = math.inf
-
-    def _replace(self, exc: BaseException | None) -> bool:
-        """Leave the spent scope (True: it swallowed ``exc``, its own cancellation) and
-        enter a fresh one for the rounds still to come."""
-        assert self._scope is not None
-        if exc is None:
-            swallowed = bool(self._scope.__exit__(None, None, None))
-        else:
-            swallowed = bool(self._scope.__exit__(type(exc), exc, exc.__traceback__))
-        self._open()
-        return swallowed
-
-
-@asynccontextmanager
-async def _watchdog_deadline(clock: Clock, seconds: float) -> AsyncIterator[None]:
-    # Another virtual clock: a watchdog task sleeps on it, so time can move at all.
-    expired = completed = False
-    try:
-        async with anyio.create_task_group() as tg:
-
-            async def _expire() -> None:
-                nonlocal expired
-                await clock.sleep(seconds)
-                expired = True
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(_expire)
-            try:
-                yield
-                completed = True
-            finally:
-                tg.cancel_scope.cancel()  # stop the watchdog (the body is done either way)
-    except BaseExceptionGroup as group:
-        # The body's own error, not a group: callers catch the typed errors they expect.
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
-    if expired and not completed:
-        raise TimeoutError(f"deadline of {seconds:g} s passed")

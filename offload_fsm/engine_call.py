@@ -14,7 +14,8 @@ from typing import Any
 import anyio
 
 from offload_fsm.bus import Recorder
-from offload_fsm.clock import Clock, deadline
+from offload_fsm.clock import Clock
+from offload_fsm.deadlines import deadline
 from offload_fsm.engine_spec import Engine
 from offload_fsm.errors import EngineCallTimeout, EngineError, OffloadFsmError
 from offload_fsm.events import AdapterCallFailed, AdapterCallFinished, AdapterCallStarted

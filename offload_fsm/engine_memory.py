@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from offload_fsm.bus import Recorder
-from offload_fsm.clock import Clock, deadline
+from offload_fsm.clock import Clock
+from offload_fsm.deadlines import deadline
 from offload_fsm.engine_spec import Engine
 from offload_fsm.errors import ProbeError
 from offload_fsm.events import AttributionReport

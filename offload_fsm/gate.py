@@ -21,8 +21,9 @@ from typing import Any, Protocol
 import anyio
 
 from offload_fsm.bus import Recorder
-from offload_fsm.clock import Clock, RoundDeadlines, VirtualClock, WakeToken
+from offload_fsm.clock import Clock, VirtualClock, WakeToken
 from offload_fsm.config import GatePolicy
+from offload_fsm.deadlines import RoundDeadlines
 from offload_fsm.errors import (
     BackendUnavailable,
     DeviceIdError,
@@ -196,7 +197,7 @@ async def run_gate(
         )
 
     # One cancel scope for all the rounds, armed around each (a scope per round cost more
-    # than a simulated round: see clock.RoundDeadlines).
+    # than a simulated round: see deadlines.RoundDeadlines).
     with RoundDeadlines(clock) as rounds:
         while True:
             attempts += 1

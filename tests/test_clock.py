@@ -8,7 +8,8 @@ import time
 import anyio
 import pytest
 
-from offload_fsm.clock import RealClock, RoundDeadlines, VirtualClock, deadline
+from offload_fsm.clock import RealClock, VirtualClock
+from offload_fsm.deadlines import RoundDeadlines, deadline
 
 
 async def test_sleepers_wake_in_deadline_order_at_their_deadline() -> None:

@@ -14,7 +14,8 @@ from offload_fsm.adapters.sim_model import (
     FaultRule,
     Footprint,
 )
-from offload_fsm.clock import VirtualClock, deadline
+from offload_fsm.clock import VirtualClock
+from offload_fsm.deadlines import deadline
 from offload_fsm.errors import (
     ConfigError,
     DeviceIdError,

@@ -46,7 +46,7 @@ from typing import Any, ParamSpec, TypeVar
 import anyio
 
 from offload_fsm.bus import Recorder
-from offload_fsm.clock import RealClock, deadline
+from offload_fsm.clock import RealClock
 from offload_fsm.conditions import ReleaseCondition, WakeCondition
 from offload_fsm.config import (
     CUDA_CONTEXT_FLOOR_GIB,
@@ -56,6 +56,7 @@ from offload_fsm.config import (
     parse_positive_gib,
     threshold_from_env,
 )
+from offload_fsm.deadlines import deadline
 from offload_fsm.errors import (
     ConfigError,
     DeviceIdError,

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from offload_fsm.bus import Recorder
-from offload_fsm.clock import Clock, RealClock, deadline
+from offload_fsm.clock import Clock, RealClock
+from offload_fsm.deadlines import deadline
 from offload_fsm.errors import ConfigError, ProbeError, ProbeTimeout, TransientProbeError
 from offload_fsm.events import ProbeGaveUp, ProbeRetry
 from offload_fsm.probe.base import GpuDevice, ProbeBackend, ProbeRound
