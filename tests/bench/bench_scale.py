@@ -32,6 +32,7 @@ from offload_fsm.drivers.view import RunView
 from offload_fsm.orchestrator import Orchestrator, OrchestratorConfig
 from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend, ProbeRound
 from offload_fsm.probe.fake import FakeBackend
+from offload_fsm.ray_support.rounds import merge_rounds  # no Ray needed
 from offload_fsm.topology import PipelineTopology
 
 
@@ -56,21 +57,15 @@ class RoutedProbe:
         if len(by_node) == 1:  # the common case: an engine lives on one node
             ((node, devs),) = by_node.items()
             return await self.backends[node].probe(devs)
-        rounds: dict[str | None, ProbeRound] = {}
+        rounds: dict[str, ProbeRound] = {}
 
         async def one(node: str | None, devs: list[GpuDevice]) -> None:
-            rounds[node] = await self.backends[node].probe(devs)
+            rounds[str(node)] = await self.backends[node].probe(devs)
 
         async with anyio.create_task_group() as tg:
             for node, devs in by_node.items():
                 tg.start_soon(one, node, devs)
-        parts = list(rounds.values())
-        return ProbeRound(
-            "routed",
-            max(r.sampled_at for r in parts),
-            tuple(m for r in parts for m in r.memory),
-            tuple(p for r in parts for p in r.processes),
-        )
+        return merge_rounds(devices, rounds, max(r.sampled_at for r in rounds.values()))
 
     async def aclose(self) -> None:
         return None
