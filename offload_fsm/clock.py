@@ -277,7 +277,7 @@ class VirtualClock:
         own (time does not move for them), woken in deadline order. On asyncio all at once:
         its run queue keeps that order, and they run in one pass of the loop. Trio may run
         a batch of woken tasks in reverse, so there each wakes the next (a pass each)."""
-        chain = not _on_asyncio()
+        chain = _asyncio_loop() is None
         while (head := self._head()) is not None and head.deadline <= self._now:
             heapq.heappop(self._heap)
             head.due = head.gone = True
@@ -340,7 +340,7 @@ class _FutureSignal:
 
 
 def _signal() -> _Signal:
-    loop = asyncio._get_running_loop()
+    loop = _asyncio_loop()
     if loop is not None:
         return _FutureSignal(loop)
     import trio  # the other backend anyio runs on
@@ -348,12 +348,12 @@ def _signal() -> _Signal:
     return trio.Event()
 
 
-def _on_asyncio() -> bool:
+def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop; None on trio (anyio's other backend)."""
     try:
-        asyncio.get_running_loop()
+        return asyncio.get_running_loop()
     except RuntimeError:
-        return False
-    return True
+        return None
 
 
 _Entry = tuple[float, int, _Sleeper]
