@@ -14,6 +14,8 @@ a round for GPUs on several nodes, concurrently. Run: ``python -m tests.bench.be
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import sys
 import time
@@ -72,6 +74,28 @@ class RoutedProbe:
 
 
 LATE = float(os.environ.get("BENCH_LATE_RELEASES", "0.0"))  # share of late releases
+FREEZE = os.environ.get("BENCH_FREEZE", "1") != "0"  # 0: the set-up stays in the collector
+
+
+class GcTimer:
+    """Seconds spent in cyclic garbage collection, per generation, while enabled."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def __enter__(self) -> GcTimer:
+        gc.callbacks.append(self._on_gc)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds[info["generation"]] += time.perf_counter() - self._started
 
 
 def group_topologies(node: str) -> tuple[PipelineTopology, PipelineTopology]:
@@ -81,8 +105,9 @@ def group_topologies(node: str) -> tuple[PipelineTopology, PipelineTopology]:
     )
 
 
-async def scale_run(nodes: int, steps: int) -> tuple[float, float, int]:
-    """Returns (wall seconds per cycle, virtual seconds per cycle, events)."""
+async def scale_run(nodes: int, steps: int) -> tuple[float, float, int, list[float]]:
+    """Returns (wall seconds per cycle, virtual seconds per cycle, events, seconds of
+    garbage collection per generation during the steps)."""
     clock = VirtualClock()
     bus = EventBus()
     recorder = Recorder(bus, "scale", clock)
@@ -131,12 +156,12 @@ async def scale_run(nodes: int, steps: int) -> tuple[float, float, int]:
                     )
                 )
         t0, v0 = time.perf_counter(), clock.now()
-        with frozen_setup():  # as the driver runner does
-            await all_or_first_error([partial(p.run, steps) for p in pipelines])
+        with GcTimer() as gc_timer, frozen_setup() if FREEZE else contextlib.nullcontext():
+            await all_or_first_error([partial(p.run, steps) for p in pipelines])  # as the runner
         wall, virtual = time.perf_counter() - t0, clock.now() - v0
         bus.close()
     events = recorder.last.seq if recorder.last else 0
-    return wall / steps, virtual / steps, events
+    return wall / steps, virtual / steps, events, gc_timer.seconds
 
 
 async def main() -> None:
@@ -145,16 +170,17 @@ async def main() -> None:
     extra = int(os.environ.get("BENCH_EXTRA", "4"))
     print(
         f"simulated scale run: 8 GPUs/node, 2 pipelines per node, virtual time; per step over "
-        f"{steps} steps, full cycle = ({steps + extra} steps - {steps} steps) / {extra}"
+        f"{steps} steps, full cycle = ({steps + extra} steps - {steps} steps) / {extra}; "
+        f"set-up {'frozen out of' if FREEZE else 'left in'} the collector (BENCH_FREEZE)"
     )
     print(
         f"{'nodes':>6} {'GPUs':>6} {'engines':>8} {'per step':>9} {'full cycle':>11} "
-        f"{'per GPU':>9} {'virtual/cycle':>14} {'events/cycle':>13}"
+        f"{'per GPU':>9} {'virtual/cycle':>14} {'events/cycle':>13} {'gc gen0/1/2, steps run':>24}"
     )
     base = None
     for n in counts:
-        wall, _, events = await scale_run(n, steps)
-        wall_more, virtual_more, events_more = await scale_run(n, steps + extra)
+        wall, _, events, _ = await scale_run(n, steps)
+        wall_more, virtual_more, events_more, gc_s = await scale_run(n, steps + extra)
         full = (wall_more * (steps + extra) - wall * steps) / extra
         virtual = virtual_more  # per step of the longer run
         per_gpu = full / (8 * n)
@@ -162,6 +188,7 @@ async def main() -> None:
         print(
             f"{n:6d} {8 * n:6d} {14 * n:8d} {wall:8.3f}s {full:10.3f}s "
             f"{per_gpu * 1e3:7.2f}ms {virtual:13.2f}s {(events_more - events) // extra:13d}"
+            f" {'/'.join(f'{s:.2f}' for s in gc_s):>18}s({steps + extra})"
             f"   (x{per_gpu / base:.2f} per GPU vs smallest)"
         )
         sys.stdout.flush()
