@@ -50,6 +50,7 @@ from offload_fsm.probe.attribution import (
     read_process,
 )
 from offload_fsm.probe.base import GpuDevice, ProbeBackend, ProbeRound
+from offload_fsm.probe.shared import SharedRounds
 
 
 class Orchestrator:
@@ -63,14 +64,25 @@ class Orchestrator:
         config: OrchestratorConfig,
         clock: Clock | None = None,
     ) -> None:
-        self.probe = probe
         self.recorder = recorder
         self.config = config
+        self.probe = probe
         self.clock: Clock = clock or recorder.clock or RealClock()
         self.engines: dict[str, Engine] = {}
         self._by_gpu: dict[str, list[Engine]] = {}  # device key -> engines using it
         self.nudges = NudgeHub()  # wakes the gates on a GPU whenever its memory may have moved
         self.pid_namespace = config.pid_namespace or detect_pid_namespace(config.proc_root)
+
+    @property
+    def probe(self) -> ProbeBackend:
+        """The probe backend (assignable: the gates poll the new one from then on)."""
+        return self._probe
+
+    @probe.setter
+    def probe(self, probe: ProbeBackend) -> None:
+        self._probe = probe
+        # What gates and residual checks poll: one round for the gates polling at once.
+        self.rounds = SharedRounds(probe) if self.config.share_probe_rounds else probe
 
     # --- run and registration ---------------------------------------------------------------
 
@@ -323,7 +335,7 @@ class Orchestrator:
             return await run_gate(
                 condition,
                 devices=devices,
-                probe=self.probe,
+                probe=self.rounds,
                 policy=policy,
                 clock=self.clock,
                 recorder=self.recorder,
@@ -338,7 +350,7 @@ class Orchestrator:
     def _resident_now(self, eng: Engine) -> Coroutine[Any, Any, int | None]:
         return resident_now(
             eng,
-            probe=self.probe,
+            probe=self.rounds,
             clock=self.clock,
             probe_timeout_s=self.config.release_gate.probe_timeout_s,
             proc_root=self.config.proc_root,

@@ -32,6 +32,8 @@ class OrchestratorConfig:
     # "host" | "foreign" | "unknown"; None: detected from ``proc_root`` at start. In a
     # foreign PID namespace per-process figures are unknown (whole-GPU ones stay valid).
     pid_namespace: str | None = None
+    # Gates polling at the same moment share one probe round over their GPUs (probe/shared.py).
+    share_probe_rounds: bool = True
 
     def __post_init__(self) -> None:
         if self.threshold_bytes <= 0:

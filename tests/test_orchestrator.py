@@ -322,3 +322,33 @@ async def test_state_query_that_raises_never_skips_the_gate(world: World) -> Non
     await world.drain()
     back = [e for e in world.kinds(Transition, "e0") if e.dst == "slept"]  # type: ignore[attr-defined]
     assert back and "failing closed" in (back[-1].reason or "")  # type: ignore[attr-defined]
+
+
+async def test_gates_polling_together_share_probe_rounds(world: World, anyio_backend: str) -> None:
+    """Four engines released together: their release gates poll in lockstep and share each
+    round (OrchestratorConfig.share_probe_rounds); without sharing, one round per gate poll."""
+    backend = world.orch.probe
+    assert isinstance(backend, FakeBackend)
+    ids = [f"e{i}" for i in range(4)]
+    for i, eid in enumerate(ids):
+        await world.add(eid, world.engine(eid, 100 + i, [i]))
+
+    async def release_all() -> int:
+        before = backend.rounds
+        await world.orch.release_many(ids)
+        assert all(world.orch.state(e) is State.SLEPT for e in ids)
+        return backend.rounds - before
+
+    shared_rounds = await release_all()
+    await world.orch.wake_many(ids)
+    world.orch.config = dataclasses.replace(world.orch.config, share_probe_rounds=False)
+    world.orch.probe = backend  # the gates poll it directly from now on
+    alone_rounds = await release_all()
+    # Per engine: a residual reading before its release, then 3 settle rounds of its gate.
+    assert alone_rounds == 4 * (1 + 3)
+    # On asyncio the virtual clock wakes same-instant sleepers in one pass: all four gates
+    # poll together. On trio it wakes them one at a time (in order), so fewer of them meet.
+    assert shared_rounds == 1 + 3 if anyio_backend == "asyncio" else shared_rounds < alone_rounds
+    await world.drain()
+    opened = [e for e in world.kinds(GateDecision) if e.gate == "release" and e.opened]  # type: ignore[attr-defined]
+    assert sorted(e.engine_id for e in opened) == sorted(ids * 2)
