@@ -9,7 +9,12 @@ cycle. "full cycle" is what one more full cycle costs (expand, rollout, shrink, 
 and 4), the figure the goal is about.
 
 Each node has its own fake GPU ledger (as NVML sees only its node); one routed probe answers
-a round for GPUs on several nodes, concurrently. Run: ``python -m tests.bench.bench_scale``.
+a round for GPUs on several nodes, concurrently; "rounds/cycle" counts the rounds the nodes'
+backends ran. Run: ``python -m tests.bench.bench_scale``.
+
+Then, at the largest size, the baselines side by side: the same run with each measure taken
+back in turn (probe rounds not shared between gates; the collector's thresholds at CPython's
+defaults; neither, nor the set-up frozen). ``BENCH_BASELINES=0`` skips them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 
 import anyio
@@ -27,7 +33,7 @@ import anyio
 from offload_fsm.bus import EventBus, Recorder
 from offload_fsm.clock import VirtualClock
 from offload_fsm.concurrency import all_or_first_error
-from offload_fsm.drivers.gc_freeze import frozen_setup
+from offload_fsm.drivers.gc_freeze import RUN_YOUNG_THRESHOLD, frozen_setup
 from offload_fsm.drivers.pipeline import Pipeline, shrink_gpus_for
 from offload_fsm.drivers.sim_world import SimOptions, build_sim_world
 from offload_fsm.drivers.view import RunView
@@ -45,6 +51,7 @@ class RoutedProbe:
 
     def __init__(self, backends: Mapping[str | None, ProbeBackend]) -> None:
         self.backends = backends
+        self.node_rounds = 0  # rounds asked of the nodes' backends
 
     async def devices(self) -> tuple[GpuDevice, ...]:
         out: list[GpuDevice] = []
@@ -56,6 +63,7 @@ class RoutedProbe:
         by_node: dict[str | None, list[GpuDevice]] = {}
         for dev in devices:
             by_node.setdefault(dev.node, []).append(dev)
+        self.node_rounds += len(by_node)
         if len(by_node) == 1:  # the common case: an engine lives on one node
             ((node, devs),) = by_node.items()
             return await self.backends[node].probe(devs)
@@ -74,7 +82,33 @@ class RoutedProbe:
 
 
 LATE = float(os.environ.get("BENCH_LATE_RELEASES", "0.0"))  # share of late releases
-FREEZE = os.environ.get("BENCH_FREEZE", "1") != "0"  # 0: the set-up stays in the collector
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How a run is set up: as shipped, or with one of the measures taken back (baselines)."""
+
+    name: str
+    share_rounds: bool = True  # OrchestratorConfig.share_probe_rounds
+    freeze: bool = True  # gc_freeze.frozen_setup around the steps
+    young_threshold: int | None = RUN_YOUNG_THRESHOLD  # None: CPython's default (700)
+
+
+SHIPPED = Variant("as shipped")
+BASELINES = (
+    Variant("probe rounds not shared", share_rounds=False),
+    Variant("collector thresholds at CPython's defaults", young_threshold=None),
+    Variant("neither, set-up not frozen", share_rounds=False, freeze=False, young_threshold=None),
+)
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    wall_per_step: float
+    virtual_per_step: float
+    events: int
+    node_rounds: int  # probe rounds the nodes' backends ran
+    gc_seconds: list[float]  # collector time per generation during the steps
 
 
 class GcTimer:
@@ -105,9 +139,7 @@ def group_topologies(node: str) -> tuple[PipelineTopology, PipelineTopology]:
     )
 
 
-async def scale_run(nodes: int, steps: int) -> tuple[float, float, int, list[float]]:
-    """Returns (wall seconds per cycle, virtual seconds per cycle, events, seconds of
-    garbage collection per generation during the steps)."""
+async def scale_run(nodes: int, steps: int, variant: Variant = SHIPPED) -> RunFigures:
     clock = VirtualClock()
     bus = EventBus()
     recorder = Recorder(bus, "scale", clock)
@@ -125,11 +157,14 @@ async def scale_run(nodes: int, steps: int) -> tuple[float, float, int, list[flo
         )
         backends[node] = FakeBackend(world.gpus)
         worlds.append((topos, world))
+    probe = RoutedProbe(backends)
     orch = Orchestrator(
-        probe=RoutedProbe(backends),
+        probe=probe,
         recorder=recorder,
         clock=clock,
-        config=OrchestratorConfig(threshold_bytes=8 * GIB, pid_namespace="host"),
+        config=OrchestratorConfig(
+            threshold_bytes=8 * GIB, pid_namespace="host", share_probe_rounds=variant.share_rounds
+        ),
     )
     pipelines = []
     async with anyio.create_task_group() as tg:
@@ -156,12 +191,40 @@ async def scale_run(nodes: int, steps: int) -> tuple[float, float, int, list[flo
                     )
                 )
         t0, v0 = time.perf_counter(), clock.now()
-        with GcTimer() as gc_timer, frozen_setup() if FREEZE else contextlib.nullcontext():
+        setup = (
+            frozen_setup(variant.young_threshold) if variant.freeze else contextlib.nullcontext()
+        )
+        with GcTimer() as gc_timer, setup:
             await all_or_first_error([partial(p.run, steps) for p in pipelines])  # as the runner
         wall, virtual = time.perf_counter() - t0, clock.now() - v0
         bus.close()
     events = recorder.last.seq if recorder.last else 0
-    return wall / steps, virtual / steps, events, gc_timer.seconds
+    return RunFigures(wall / steps, virtual / steps, events, probe.node_rounds, gc_timer.seconds)
+
+
+@dataclass(frozen=True)
+class CycleFigures:
+    per_step: float  # wall seconds per step of the short run
+    full_cycle: float  # wall seconds one more full cycle costs
+    virtual: float
+    events: int  # per full cycle
+    node_rounds: int  # per full cycle
+    gc_seconds: list[float]  # over the long run
+    steps_long: int
+
+
+async def cycle(nodes: int, steps: int, extra: int, variant: Variant = SHIPPED) -> CycleFigures:
+    short = await scale_run(nodes, steps, variant)
+    long = await scale_run(nodes, steps + extra, variant)
+    return CycleFigures(
+        per_step=short.wall_per_step,
+        full_cycle=(long.wall_per_step * (steps + extra) - short.wall_per_step * steps) / extra,
+        virtual=long.virtual_per_step,
+        events=(long.events - short.events) // extra,
+        node_rounds=(long.node_rounds - short.node_rounds) // extra,
+        gc_seconds=long.gc_seconds,
+        steps_long=steps + extra,
+    )
 
 
 async def main() -> None:
@@ -170,28 +233,36 @@ async def main() -> None:
     extra = int(os.environ.get("BENCH_EXTRA", "4"))
     print(
         f"simulated scale run: 8 GPUs/node, 2 pipelines per node, virtual time; per step over "
-        f"{steps} steps, full cycle = ({steps + extra} steps - {steps} steps) / {extra}; "
-        f"set-up {'frozen out of' if FREEZE else 'left in'} the collector (BENCH_FREEZE)"
+        f"{steps} steps, full cycle = ({steps + extra} steps - {steps} steps) / {extra}"
     )
     print(
         f"{'nodes':>6} {'GPUs':>6} {'engines':>8} {'per step':>9} {'full cycle':>11} "
-        f"{'per GPU':>9} {'virtual/cycle':>14} {'events/cycle':>13} {'gc gen0/1/2, steps run':>24}"
+        f"{'per GPU':>9} {'virtual/cycle':>14} {'events/cycle':>13} {'rounds/cycle':>13} "
+        f"{'gc gen0/1/2, steps run':>24}"
     )
     base = None
     for n in counts:
-        wall, _, events, _ = await scale_run(n, steps)
-        wall_more, virtual_more, events_more, gc_s = await scale_run(n, steps + extra)
-        full = (wall_more * (steps + extra) - wall * steps) / extra
-        virtual = virtual_more  # per step of the longer run
-        per_gpu = full / (8 * n)
+        fig = await cycle(n, steps, extra)
+        per_gpu = fig.full_cycle / (8 * n)
         base = base or per_gpu
-        print(
-            f"{n:6d} {8 * n:6d} {14 * n:8d} {wall:8.3f}s {full:10.3f}s "
-            f"{per_gpu * 1e3:7.2f}ms {virtual:13.2f}s {(events_more - events) // extra:13d}"
-            f" {'/'.join(f'{s:.2f}' for s in gc_s):>18}s({steps + extra})"
-            f"   (x{per_gpu / base:.2f} per GPU vs smallest)"
-        )
+        print(f"{_row(n, fig)}   (x{per_gpu / base:.2f} per GPU vs smallest)")
         sys.stdout.flush()
+    if os.environ.get("BENCH_BASELINES", "1") == "0":
+        return
+    n = counts[-1]
+    print(f"\nbaselines at {8 * n} GPUs, each measure taken back (same columns), in turn:")
+    for variant in (SHIPPED, *BASELINES):
+        print(f"{_row(n, await cycle(n, steps, extra, variant))}   {variant.name}")
+        sys.stdout.flush()
+
+
+def _row(n: int, fig: CycleFigures) -> str:
+    return (
+        f"{n:6d} {8 * n:6d} {14 * n:8d} {fig.per_step:8.3f}s {fig.full_cycle:10.3f}s "
+        f"{fig.full_cycle / (8 * n) * 1e3:7.2f}ms {fig.virtual:13.2f}s {fig.events:13d} "
+        f"{fig.node_rounds:13d} {'/'.join(f'{s:.2f}' for s in fig.gc_seconds):>18}s"
+        f"({fig.steps_long})"
+    )
 
 
 if __name__ == "__main__":
