@@ -21,6 +21,7 @@ import anyio
 import anyio.lowlevel
 
 from offload_fsm.idle import wait_all_tasks_blocked
+from offload_fsm.oneshot import OneShot, one_shot, running_asyncio_loop
 
 
 class Clock(Protocol):
@@ -70,7 +71,7 @@ class _Sleeper:
         self.seq = seq
         self.callback = callback
         self.on_cancel = on_cancel  # a timer's: tells the clock's keeper to look again
-        self.event: _Signal | None = None  # made only when it has to wait its turn
+        self.event: OneShot | None = None  # made only when it has to wait its turn
         self.gone = False  # cancelled: left in the heap, dropped when it reaches the top
         self.idle_scope: anyio.CancelScope | None = None  # set while waiting for idleness
         self.woken = False  # woken early through a WakeToken
@@ -215,7 +216,7 @@ class VirtualClock:
                     self._release_due()
                     self._wake_head()
                     return False
-                me.event = _signal()
+                me.event = one_shot()
                 if self._head() is not me and not me.woken:
                     await me.event.wait()
                 me.event = None
@@ -277,7 +278,7 @@ class VirtualClock:
         own (time does not move for them), woken in deadline order. On asyncio all at once:
         its run queue keeps that order, and they run in one pass of the loop. Trio may run
         a batch of woken tasks in reverse, so there each wakes the next (a pass each)."""
-        chain = _asyncio_loop() is None
+        chain = running_asyncio_loop() is None
         while (head := self._head()) is not None and head.deadline <= self._now:
             heapq.heappop(self._heap)
             head.due = head.gone = True
@@ -315,45 +316,6 @@ class VirtualClock:
         head = self._head()
         if head is not None and head.event is not None:
             head.event.set()
-
-
-class _Signal(Protocol):
-    def set(self) -> None: ...
-    async def wait(self) -> None: ...
-
-
-class _FutureSignal:
-    """A one-shot wake-up on asyncio: a bare future (an ``anyio.Event`` looks its backend up
-    on every creation, ~10x the cost, and sleepers make one per wait)."""
-
-    __slots__ = ("_future",)
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._future: asyncio.Future[None] = loop.create_future()
-
-    def set(self) -> None:
-        if not self._future.done():  # done: already set, or its waiter was cancelled
-            self._future.set_result(None)
-
-    async def wait(self) -> None:
-        await self._future
-
-
-def _signal() -> _Signal:
-    loop = _asyncio_loop()
-    if loop is not None:
-        return _FutureSignal(loop)
-    import trio  # the other backend anyio runs on
-
-    return trio.Event()
-
-
-def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
-    """The running asyncio loop; None on trio (anyio's other backend)."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 _Entry = tuple[float, int, _Sleeper]

@@ -62,6 +62,11 @@ class Engine:
     # The latest states, bounded: an orchestrator that runs for weeks must not grow.
     history: deque[str] = field(default_factory=lambda: deque(maxlen=HISTORY_LEN))
     root_start: int | None = None  # start ticks of the root process when registered
+    # Its GPUs' keys in the spec's order (the ``gpus`` of its events): the spec is frozen.
+    gpus: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.gpus = tuple(d.key for d in self.spec.devices)
 
     @property
     def id(self) -> str:
@@ -74,7 +79,7 @@ class Engine:
 
 def gpu_keys(eng: Engine) -> tuple[str, ...]:
     """The keys of ``eng``'s GPUs, in its spec's order (the ``gpus`` field of its events)."""
-    return tuple(d.key for d in eng.spec.devices)
+    return eng.gpus
 
 
 __all__ = ["HISTORY_LEN", "Engine", "EngineSpec", "PidsFn", "gpu_keys"]

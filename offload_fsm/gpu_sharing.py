@@ -38,7 +38,12 @@ def conflicts(by_gpu: ByGpu, me: Engine) -> list[Engine]:
 
 def blockers_of(by_gpu: ByGpu, me: Engine) -> list[str]:
     """Engines that must not be awake on ``me``'s GPUs while it wakes, as "id (state)"."""
-    return [f"{o.id} ({o.state.value})" for o in conflicts(by_gpu, me) if o.state in OCCUPYING]
+    return blocking(conflicts(by_gpu, me))
+
+
+def blocking(conflicting: Sequence[Engine]) -> list[str]:
+    """Those of ``conflicting`` (see :func:`conflicts`) that block a wake now, as "id (state)"."""
+    return [f"{o.id} ({o.state.value})" for o in conflicting if o.state in OCCUPYING]
 
 
 def check_wake_group(by_gpu: ByGpu, group: Sequence[Engine]) -> None:
@@ -54,4 +59,12 @@ def check_wake_group(by_gpu: ByGpu, group: Sequence[Engine]) -> None:
             )
 
 
-__all__ = ["OCCUPYING", "ByGpu", "blockers_of", "check_wake_group", "conflicts", "neighbours"]
+__all__ = [
+    "OCCUPYING",
+    "ByGpu",
+    "blockers_of",
+    "blocking",
+    "check_wake_group",
+    "conflicts",
+    "neighbours",
+]

@@ -38,7 +38,7 @@ from offload_fsm.engine_spec import gpu_keys as _keys
 from offload_fsm.errors import ConfigError, IllegalTransition
 from offload_fsm.events import EngineRegistered, RunFinished, RunStarted, Transition
 from offload_fsm.gate import GateContext, GateResult, NudgeHub, run_gate
-from offload_fsm.gpu_sharing import blockers_of, check_wake_group, neighbours
+from offload_fsm.gpu_sharing import blocking, check_wake_group, conflicts, neighbours
 from offload_fsm.group_wake_gate import wake_group_gate
 from offload_fsm.interruptions import failure_reason, gated_exit
 from offload_fsm.lifecycle import Evidence, Lifecycle, State, Trigger
@@ -70,6 +70,9 @@ class Orchestrator:
         self.clock: Clock = clock or recorder.clock or RealClock()
         self.engines: dict[str, Engine] = {}
         self._by_gpu: dict[str, list[Engine]] = {}  # device key -> engines using it
+        # engine id -> (engines sharing a GPU with it, those it conflicts with), until the
+        # next registration: asked on every round of every wake gate.
+        self._sharing: dict[str, tuple[list[Engine], list[Engine]]] = {}
         self.nudges = NudgeHub()  # wakes the gates on a GPU whenever its memory may have moved
         self.pid_namespace = config.pid_namespace or detect_pid_namespace(config.proc_root)
 
@@ -114,6 +117,7 @@ class Orchestrator:
         self.engines[spec.engine_id] = engine
         for dev in spec.devices:
             self._by_gpu.setdefault(dev.key, []).append(engine)
+        self._sharing.clear()
         await self.recorder.emit(
             EngineRegistered,
             engine_id=spec.engine_id,
@@ -244,7 +248,16 @@ class Orchestrator:
 
     def blockers(self, engine_id: str) -> list[str]:
         """Engines that must not be awake on ``engine_id``'s GPUs while it wakes."""
-        return blockers_of(self._by_gpu, self.engine(engine_id))
+        return blocking(self._sharing_of(self.engine(engine_id))[1])
+
+    def _sharing_of(self, eng: Engine) -> tuple[list[Engine], list[Engine]]:
+        found = self._sharing.get(eng.id)
+        if found is None:
+            found = self._sharing[eng.id] = (
+                neighbours(self._by_gpu, eng),
+                conflicts(self._by_gpu, eng),
+            )
+        return found
 
     # --- group operations -------------------------------------------------------------------
 
@@ -363,7 +376,7 @@ class Orchestrator:
         """An attribution report for ``eng``'s GPUs as an event (and returned)."""
         return report_attribution(
             eng,
-            neighbours(self._by_gpu, eng),
+            self._sharing_of(eng)[0],
             rnd,
             context,
             recorder=self.recorder,

@@ -22,26 +22,38 @@ from collections.abc import Sequence
 import anyio
 import anyio.lowlevel
 
+from offload_fsm.oneshot import OneShot, one_shot
 from offload_fsm.probe.base import DeviceMemory, GpuDevice, GpuProcess, ProbeBackend, ProbeRound
 
 
 class _Batch:
     """Callers waiting on one backend round (open to joiners until that round starts)."""
 
-    __slots__ = ("callers", "devices", "done", "memory", "processes", "round")
+    __slots__ = ("callers", "devices", "joiners", "memory", "processes", "round", "union_")
 
-    def __init__(self) -> None:
-        self.devices: dict[str, GpuDevice] = {}  # key -> device, in the order asked
-        self.callers = 0
-        self.done = anyio.Event()
+    def __init__(self, devices: Sequence[GpuDevice]) -> None:
+        self.devices = devices  # the leader's
+        self.union_: dict[str, GpuDevice] | None = None  # everybody's, once somebody joins
+        self.callers = 1
+        self.joiners: list[OneShot] = []  # a wake-up each: one waiter per future on asyncio
         self.round: ProbeRound | None = None  # None once done: retry alone
         self.memory: dict[str, DeviceMemory] = {}
         self.processes: dict[str, list[GpuProcess]] = {}
 
-    def add(self, devices: Sequence[GpuDevice]) -> None:
+    def join(self, devices: Sequence[GpuDevice]) -> OneShot:
+        union = self.union_
+        if union is None:
+            union = self.union_ = {d.key: d for d in self.devices}
         self.callers += 1
         for dev in devices:
-            self.devices.setdefault(dev.key, dev)
+            union.setdefault(dev.key, dev)  # key -> device, in the order asked
+        done = one_shot()
+        self.joiners.append(done)
+        return done
+
+    def union(self) -> tuple[GpuDevice, ...]:
+        union = self.union_
+        return tuple(self.devices) if union is None else tuple(union.values())
 
     def finish(self, round: ProbeRound | None) -> None:
         self.round = round
@@ -49,25 +61,34 @@ class _Batch:
             self.memory = {m.device.key: m for m in round.memory}
             for p in round.processes:
                 self.processes.setdefault(p.device.key, []).append(p)
-        self.done.set()
+        for done in self.joiners:
+            done.set()
 
     def cut(self, devices: Sequence[GpuDevice]) -> ProbeRound:
         """The shared round, for ``devices`` only (in their order)."""
         round = self.round
         assert round is not None
-        if len(devices) == len(round.memory) and all(
-            d.key == m.device.key for d, m in zip(devices, round.memory)
-        ):
+        memory = tuple(self.memory[d.key] for d in devices)
+        if memory == round.memory:
             return round
-        keys = {d.key for d in devices}
+        processes = self.processes
+        if len(devices) == 1:
+            on = processes.get(devices[0].key)
+            procs: tuple[GpuProcess, ...] = tuple(on) if on else ()
+        else:
+            procs = tuple(p for d in devices for p in processes.get(d.key, ()))
+        unknown = round.unknown_processes
+        if unknown:
+            keys = {d.key for d in devices}
+            unknown = tuple(k for k in unknown if k in keys)
         return ProbeRound(  # the constructor: dataclasses.replace costs twice as much
             backend=round.backend,
             sampled_at=round.sampled_at,
-            memory=tuple(self.memory[d.key] for d in devices),
-            processes=tuple(p for d in devices for p in self.processes.get(d.key, ())),
+            memory=memory,
+            processes=procs,
             per_gpu_processes=round.per_gpu_processes,
             notes=round.notes,
-            unknown_processes=tuple(k for k in round.unknown_processes if k in keys),
+            unknown_processes=unknown,
             unplaced=round.unplaced,
         )
 
@@ -91,14 +112,12 @@ class SharedRounds:
         nodes = _nodes(devices)
         batch = self._open.get(nodes)
         if batch is not None:
-            batch.add(devices)
-            await batch.done.wait()
+            await batch.join(devices).wait()
             if batch.round is not None:
                 self.shared_answers += 1
                 return batch.cut(devices)
             return await self._alone(devices)
-        batch = self._open[nodes] = _Batch()
-        batch.add(devices)
+        batch = self._open[nodes] = _Batch(devices)
         try:
             await anyio.lowlevel.checkpoint()  # callers ready at this moment join now
         except BaseException:  # cancelled before its round: the joiners retry alone
@@ -109,10 +128,9 @@ class SharedRounds:
         if batch.callers == 1:  # (a cancelled leader's joiners find no round and retry alone)
             batch.finish(None)  # nobody joined: a plain round, its errors the caller's own
             return await self._alone(devices)
-        union = tuple(batch.devices.values())
         self.backend_rounds += 1
         try:
-            round = await self.backend.probe(union)
+            round = await self.backend.probe(batch.union())
         except Exception:  # a fault: every caller retries with a round of its own GPUs
             batch.finish(None)
             return await self._alone(devices)
@@ -131,7 +149,9 @@ class SharedRounds:
 
 
 def _nodes(devices: Sequence[GpuDevice]) -> tuple[str | None, ...]:
+    if len(devices) == 1:  # the common case: one engine, one GPU
+        return (devices[0].node,)
     first = devices[0].node if devices else None
-    if all(d.node == first for d in devices):  # the common case: one engine, one node
+    if all(d.node == first for d in devices):  # one engine, one node
         return (first,)
     return tuple(sorted({d.node for d in devices}, key=str))

@@ -3,7 +3,7 @@ with what they replaced. Run: ``python -m tests.bench.bench_clock``.
 
 1. a deadline around one await: ``deadline()`` (a cancel scope entered and left per await)
    vs ``RoundDeadlines.run`` (one scope for the series, re-armed per await);
-2. what a sleeper waits on: ``anyio.Event()`` vs the clock's bare-future signal.
+2. what a sleeper waits on: ``anyio.Event()`` vs ``oneshot.one_shot()`` (a bare future on asyncio).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from collections.abc import Awaitable, Callable
 import anyio
 import anyio.lowlevel
 
-from offload_fsm.clock import VirtualClock, _signal
+from offload_fsm.clock import VirtualClock
 from offload_fsm.deadlines import RoundDeadlines, deadline
+from offload_fsm.oneshot import one_shot
 
 N = 20_000
 ROUNDS = 5
@@ -66,14 +67,14 @@ async def main() -> None:
             with RoundDeadlines(clock) as rounds:
                 shared.append(await _time_async(N, lambda: rounds.run(5.0, _noop)))
             events.append(_time_sync(N, anyio.Event))
-            signals.append(_time_sync(N, _signal))
+            signals.append(_time_sync(N, one_shot))
         tg.cancel_scope.cancel()
     print(f"virtual-clock primitives, asyncio, {N} each, best of {ROUNDS}")
     print(f"  bare await of a no-op coroutine                 {_best_us(bare)}")
     print(f"  1. deadline() around it (scope per await)       {_best_us(per_await)}")
     print(f"     RoundDeadlines.run (one scope, re-armed)     {_best_us(shared)}")
     print(f"  2. anyio.Event()                                {_best_us(events)}")
-    print(f"     the clock's sleeper signal (bare future)     {_best_us(signals)}")
+    print(f"     oneshot.one_shot() (bare future)            {_best_us(signals)}")
     sys.stdout.flush()
 
 

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from offload_fsm.clock import VirtualClock
@@ -126,38 +127,67 @@ async def test_a_faulty_gpu_fails_only_its_own_caller(gpus: FakeGpus) -> None:
 async def test_a_cancelled_leader_leaves_its_joiners_to_retry(
     gpus: FakeGpus, clock: VirtualClock, when: str
 ) -> None:
-    """The caller that would run the shared round is cancelled (say its probe deadline hit a
-    hung round): the others were waiting on that round; they poll again on their own."""
-    backend = FakeBackend(gpus, faults={1: Fault.hang(10.0)})
+    """The caller that runs the shared round is cancelled (its probe deadline hit a hung
+    round, or earlier): the callers waiting on that round poll again on their own.
+
+    Task "a" asks first and is cancelled; "b" asks at the same moment. On asyncio "a" always
+    leads; trio may run "b" first, and then "b" leads and "a" merely leaves its batch."""
+    leaders: list[str] = []
+
+    class SharedRoundsHang(FakeBackend):
+        async def probe(self, devices: Sequence[GpuDevice]) -> ProbeRound:
+            if len(devices) > 1:  # the shared round (each caller asks for one GPU)
+                leaders.append(anyio.get_current_task().name)
+                self.rounds += 1
+                await clock.sleep(10.0)
+                raise AssertionError("a hung round answered")
+            return await super().probe(devices)
+
+    backend = SharedRoundsHang(gpus)
     shared = SharedRounds(backend)
     d = gpus.devices
-    answers: dict[str, ProbeRound] = {}
-    timed_out = False
+    b_answer: list[tuple[float, ProbeRound]] = []
+    a_cancelled = False
 
-    async def leader() -> None:
-        nonlocal timed_out
+    async def a() -> None:
+        nonlocal a_cancelled
         try:
             if when == "before its round":
                 with anyio.CancelScope() as scope:
                     scope.cancel()  # cancelled at its first await: the joining window
                     await shared.probe([d[0]])
-                timed_out = scope.cancelled_caught
+                a_cancelled = scope.cancelled_caught
             else:
                 async with deadline(clock, 1.0):  # the shared round hangs 10 s
                     await shared.probe([d[0]])
         except TimeoutError:
-            timed_out = True
+            a_cancelled = True
 
-    async def joiner() -> None:
-        answers["joiner"] = await shared.probe([d[1]])
+    async def b() -> None:
+        answer = await shared.probe([d[1]])
+        b_answer.append((clock.now(), answer))
 
-    with anyio.fail_after(10):  # real seconds: a joiner left waiting hangs the test
+    with anyio.fail_after(10):  # real seconds: a caller left waiting hangs the test
         async with anyio.create_task_group() as tg:
-            tg.start_soon(leader)
-            tg.start_soon(joiner)
-    assert timed_out
-    assert keys(answers["joiner"].devices) == keys([d[1]])
-    assert backend.rounds == (1 if when == "before its round" else 2)
+            tg.start_soon(a, name="a")
+            tg.start_soon(b, name="b")
+    assert a_cancelled
+    ((b_at, b_round),) = b_answer
+    assert keys(b_round.devices) == keys([d[1]])
+    if anyio_backend_name() == "asyncio":
+        assert leaders == (["a"] if when == "during its round" else [])
+    if leaders == ["a"]:  # b waited on a's hung round, then polled alone when a gave up
+        assert b_at == 1.0 and backend.rounds == 2
+    elif leaders == ["b"]:  # a joined b's hung round and gave up; b's fault made b poll alone
+        assert b_at == 10.0 and backend.rounds == 2
+    else:  # nobody shared: b polled alone at once
+        assert b_at == 0.0 and backend.rounds == 1
+
+
+def anyio_backend_name() -> str:
+    import sniffio
+
+    return sniffio.current_async_library()
 
 
 async def test_callers_on_other_nodes_do_not_share(clock: VirtualClock) -> None:
@@ -189,9 +219,8 @@ def test_a_cut_keeps_every_field_of_the_round(gpus: FakeGpus) -> None:
         unknown_processes=(d[1].key, d[3].key),
         unplaced=(UnplacedProcess(7, GIB),),
     )
-    batch = _Batch()
-    batch.add(d)
-    batch.add(d[:1])
+    batch = _Batch(d)
+    batch.join(d[:1])
     batch.finish(full)
     cut = batch.cut((d[3], d[2]))
     for field in dataclasses.fields(ProbeRound):
