@@ -34,6 +34,9 @@ rc_tests=${PIPESTATUS[0]}
 
 "$PY" -m tests.bench.bench_probe --json "$OUT/bench_probe.json" 2>&1 | tee "$OUT/bench_probe.txt"
 rc_bench=${PIPESTATUS[0]}
+# Gates polling together on real NVML: a shared round vs a round each (appended to the same file).
+"$PY" -m tests.bench.bench_shared_rounds 2>&1 | tee -a "$OUT/bench_probe.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || rc_bench=1
 
 "$PY" -m offload_fsm doctor > "$OUT/doctor.txt" 2>&1
 rc_doctor=$?

@@ -1,0 +1,44 @@
+"""The benchmarks that back docs/performance.md still run, at toy sizes, and print what the
+page reads from them (the figures themselves are measured by running them, not here)."""
+
+from __future__ import annotations
+
+import re
+
+import anyio
+import pytest
+
+from tests.bench import bench_scale, bench_shared_rounds
+
+
+def test_shared_rounds_bench_shows_one_round_for_gates_polling_together(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert anyio.run(bench_shared_rounds.main, ["--moments", "5"]) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^NVML backend over the fake module\s+(\d+)\s+(.*)$", out, re.M)
+    assert [int(g) for g, _ in rows] == list(bench_shared_rounds.GATES)
+    for gates, cells in rows:
+        each, shared = re.findall(r"([\d.]+) rd", cells)
+        assert float(each) == float(gates)  # a round per gate
+        assert float(shared) == 1.0  # one round for all of them, through the worker thread
+
+
+def test_scale_bench_prints_the_cycle_and_its_baselines(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BENCH_NODES", "1")
+    monkeypatch.setenv("BENCH_STEPS", "1")
+    monkeypatch.setenv("BENCH_EXTRA", "1")
+    anyio.run(bench_scale.main)
+    out = capsys.readouterr().out
+    names = [v.name for v in (bench_scale.SHIPPED, *bench_scale.BASELINES)]
+    for name in names:
+        assert re.search(rf"^\s+1\s+8\s+14\s.*{re.escape(name)}$", out, re.M), name
+    rounds = {
+        name: int(
+            re.search(rf"^\s+1\s+8\s+14(?:\s+\S+){{5}}\s+(\d+)\s.*{re.escape(name)}$", out, re.M)[1]
+        )  # type: ignore[index]
+        for name in names
+    }
+    assert rounds["as shipped"] < rounds["probe rounds not shared"]
