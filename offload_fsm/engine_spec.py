@@ -77,9 +77,4 @@ class Engine:
         return self.lifecycle.state
 
 
-def gpu_keys(eng: Engine) -> tuple[str, ...]:
-    """The keys of ``eng``'s GPUs, in its spec's order (the ``gpus`` field of its events)."""
-    return eng.gpus
-
-
-__all__ = ["HISTORY_LEN", "Engine", "EngineSpec", "PidsFn", "gpu_keys"]
+__all__ = ["HISTORY_LEN", "Engine", "EngineSpec", "PidsFn"]

@@ -36,11 +36,6 @@ def conflicts(by_gpu: ByGpu, me: Engine) -> list[Engine]:
     return [o for o in neighbours(by_gpu, me) if not (group and o.spec.share_group == group)]
 
 
-def blockers_of(by_gpu: ByGpu, me: Engine) -> list[str]:
-    """Engines that must not be awake on ``me``'s GPUs while it wakes, as "id (state)"."""
-    return blocking(conflicts(by_gpu, me))
-
-
 def blocking(conflicting: Sequence[Engine]) -> list[str]:
     """Those of ``conflicting`` (see :func:`conflicts`) that block a wake now, as "id (state)"."""
     return [f"{o.id} ({o.state.value})" for o in conflicting if o.state in OCCUPYING]
@@ -62,7 +57,6 @@ def check_wake_group(by_gpu: ByGpu, group: Sequence[Engine]) -> None:
 __all__ = [
     "OCCUPYING",
     "ByGpu",
-    "blockers_of",
     "blocking",
     "check_wake_group",
     "conflicts",

@@ -15,7 +15,7 @@ from offload_fsm.bus import Recorder
 from offload_fsm.clock import Clock
 from offload_fsm.conditions import WakeCondition
 from offload_fsm.config import GatePolicy
-from offload_fsm.engine_spec import Engine, gpu_keys
+from offload_fsm.engine_spec import Engine
 from offload_fsm.events import GateDecision
 from offload_fsm.gate import GateResult
 from offload_fsm.probe.base import GpuDevice
@@ -74,7 +74,7 @@ async def _member_decisions(
             GateDecision,
             engine_id=eng.id,
             pipeline_id=eng.spec.pipeline_id,
-            gpus=gpu_keys(eng),
+            gpus=eng.gpus,
             gate="wake",
             passed=bool(verdict.passed),
             opened=True,

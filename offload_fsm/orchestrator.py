@@ -34,7 +34,6 @@ from offload_fsm.config import GatePolicy, check_threshold_fits
 from offload_fsm.engine_call import call_engine, tag_list, tag_text
 from offload_fsm.engine_memory import engine_pids, report_attribution, resident_now
 from offload_fsm.engine_spec import HISTORY_LEN, Engine, EngineSpec, PidsFn
-from offload_fsm.engine_spec import gpu_keys as _keys
 from offload_fsm.errors import ConfigError, IllegalTransition
 from offload_fsm.events import EngineRegistered, RunFinished, RunStarted, Transition
 from offload_fsm.gate import GateContext, GateResult, NudgeHub, run_gate
@@ -158,7 +157,7 @@ class Orchestrator:
             await self._call(
                 eng, "release", eng.spec.adapter.release, tag_list(tags), detail=tag_text(tags)
             )
-            self.nudges.nudge(_keys(eng))  # memory on these GPUs may just have moved
+            self.nudges.nudge(eng.gpus)  # memory on these GPUs may just have moved
             limit = eng.spec.release_limit_bytes or self.config.default_release_limit_bytes
             pids = self._pids_of(eng)
             result = await self._gate(
@@ -281,11 +280,11 @@ class Orchestrator:
     async def _emit_transition(self, eng: Engine, step: Any, evidence: str | None = None) -> None:
         eng.history.append(step.dst.value)
         if step.dst in (State.SLEPT, State.FAILED):
-            self.nudges.nudge(_keys(eng))  # memory or a blocker on these GPUs may have gone
+            self.nudges.nudge(eng.gpus)  # memory or a blocker on these GPUs may have gone
         fields = {
             "engine_id": eng.id,
             "pipeline_id": eng.spec.pipeline_id,
-            "gpus": _keys(eng),
+            "gpus": eng.gpus,
             "src": step.src.value,
             "dst": step.dst.value,
             "trigger": step.trigger.value,

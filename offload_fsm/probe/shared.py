@@ -29,35 +29,29 @@ from offload_fsm.probe.base import DeviceMemory, GpuDevice, GpuProcess, ProbeBac
 class _Batch:
     """Callers waiting on one backend round (open to joiners until that round starts)."""
 
-    __slots__ = ("callers", "devices", "joiners", "memory", "processes", "round", "union_")
+    __slots__ = ("devices", "joiners", "memory", "processes", "round", "union")
 
     def __init__(self, devices: Sequence[GpuDevice]) -> None:
         self.devices = devices  # the leader's
-        self.union_: dict[str, GpuDevice] | None = None  # everybody's, once somebody joins
-        self.callers = 1
+        self.union: dict[str, GpuDevice] = {}  # everybody's, built when the first joins
         self.joiners: list[OneShot] = []  # a wake-up each: one waiter per future on asyncio
         self.round: ProbeRound | None = None  # None once done: retry alone
         self.memory: dict[str, DeviceMemory] = {}
         self.processes: dict[str, list[GpuProcess]] = {}
 
     def join(self, devices: Sequence[GpuDevice]) -> OneShot:
-        union = self.union_
-        if union is None:
-            union = self.union_ = {d.key: d for d in self.devices}
-        self.callers += 1
+        union = self.union
+        if not union:
+            union.update((d.key, d) for d in self.devices)
         for dev in devices:
             union.setdefault(dev.key, dev)  # key -> device, in the order asked
         done = one_shot()
         self.joiners.append(done)
         return done
 
-    def union(self) -> tuple[GpuDevice, ...]:
-        union = self.union_
-        return tuple(self.devices) if union is None else tuple(union.values())
-
     def finish(self, round: ProbeRound | None) -> None:
         self.round = round
-        if round is not None and self.callers > 1:  # indexed once, each caller cuts its part
+        if round is not None and self.joiners:  # indexed once, each caller cuts its part
             self.memory = {m.device.key: m for m in round.memory}
             for p in round.processes:
                 self.processes.setdefault(p.device.key, []).append(p)
@@ -71,12 +65,7 @@ class _Batch:
         memory = tuple(self.memory[d.key] for d in devices)
         if memory == round.memory:
             return round
-        processes = self.processes
-        if len(devices) == 1:
-            on = processes.get(devices[0].key)
-            procs: tuple[GpuProcess, ...] = tuple(on) if on else ()
-        else:
-            procs = tuple(p for d in devices for p in processes.get(d.key, ()))
+        procs = tuple(p for d in devices for p in self.processes.get(d.key, ()))
         unknown = round.unknown_processes
         if unknown:
             keys = {d.key for d in devices}
@@ -125,12 +114,12 @@ class SharedRounds:
             raise
         finally:
             del self._open[nodes]  # started (or cancelled): later callers open a new batch
-        if batch.callers == 1:  # (a cancelled leader's joiners find no round and retry alone)
+        if not batch.joiners:  # (a cancelled leader's joiners find no round and retry alone)
             batch.finish(None)  # nobody joined: a plain round, its errors the caller's own
             return await self._alone(devices)
         self.backend_rounds += 1
         try:
-            round = await self.backend.probe(batch.union())
+            round = await self.backend.probe(tuple(batch.union.values()))
         except Exception:  # a fault: every caller retries with a round of its own GPUs
             batch.finish(None)
             return await self._alone(devices)

@@ -18,7 +18,7 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 
@@ -29,6 +29,8 @@ from offload_fsm.probe.shared import SharedRounds
 from tests.probe.fake_nvml import GIB, FakeNvml, h200s
 
 GATES = (1, 4, 8)
+# A fresh backend and the 8 devices its gates poll.
+MakeBackend = Callable[[], Awaitable[tuple[ProbeBackend, tuple[GpuDevice, ...]]]]
 
 
 async def one_moment(probe: ProbeBackend, devices: Sequence[GpuDevice], gates: int) -> None:
@@ -73,10 +75,10 @@ async def main(argv: list[str]) -> int:
     )
     print(f"{'backend':<34} {'gates':>5} {'a round each':>26} {'one shared round':>26}")
 
-    async def row(label: str, make: object, gates: int) -> None:
+    async def row(label: str, make: MakeBackend, gates: int) -> None:
         cells = []
         for shared in (False, True):
-            backend, devices = await make()  # type: ignore[operator]
+            backend, devices = await make()
             probe: ProbeBackend = SharedRounds(backend) if shared else backend
             before = _rounds(backend)
             wall, cpu = await measure(probe, devices, gates, args.moments)
