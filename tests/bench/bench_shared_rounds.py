@@ -26,6 +26,7 @@ from offload_fsm.probe.base import GpuDevice, ProbeBackend
 from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
 from offload_fsm.probe.nvml import NvmlBackend
 from offload_fsm.probe.shared import SharedRounds
+from tests.bench.bench_probe import nvml_available
 from tests.probe.fake_nvml import GIB, FakeNvml, h200s
 
 GATES = (1, 4, 8)
@@ -53,16 +54,6 @@ async def measure(
         walls.append(time.perf_counter() - t0)
     cpu = time.process_time() - cpu0
     return statistics.median(walls) * 1e6, cpu / moments * 1e6
-
-
-def real_nvml() -> object | None:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:
-        return None
-    return pynvml
 
 
 async def main(argv: list[str]) -> int:
@@ -101,18 +92,18 @@ async def main(argv: list[str]) -> int:
             ledger.set_usage(1000 + i, i, 30 * GIB)
         return FakeBackend(ledger), ledger.devices
 
-    pynvml = real_nvml()
+    why_no_nvml = nvml_available()
 
     async def nvml() -> tuple[ProbeBackend, tuple[GpuDevice, ...]]:
-        backend = NvmlBackend(pynvml)
+        backend = NvmlBackend()  # the real pynvml
         devices = await backend.devices()
         # With fewer than 8 GPUs, gates repeat devices (a shared round asks each GPU once).
         return backend, tuple(devices[i % len(devices)] for i in range(8))
 
     for gates in GATES:
         await row("NVML backend over the fake module", fake_nvml, gates)
-    if pynvml is None:
-        print(f"{'NVML backend, real NVML':<34} (skipped: nvmlInit failed, no GPU here)")
+    if why_no_nvml is not None:
+        print(f"{'NVML backend, real NVML':<34} (skipped: nvmlInit failed: {why_no_nvml})")
     else:
         for gates in GATES:
             await row("NVML backend, real NVML", nvml, gates)
