@@ -1,13 +1,23 @@
 from __future__ import annotations
 
 import itertools
+import logging
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from offload_fsm.errors import IllegalTransition
-from offload_fsm.lifecycle import TABLE, Evidence, Lifecycle, State, Trigger, mermaid, next_state
+from offload_fsm.lifecycle import (
+    TABLE,
+    Evidence,
+    Lifecycle,
+    State,
+    Trigger,
+    _Machine,
+    mermaid,
+    next_state,
+)
 
 
 def _fire(lc: Lifecycle, trigger: Trigger, dst: State | None = None) -> None:
@@ -101,3 +111,55 @@ def test_random_trigger_sequences_stay_in_table(triggers: list[Trigger]) -> None
         else:
             assert lc.state in TABLE[(before, trigger)]
         assert lc.state in State
+
+
+def test_trigger_skips_transitions_logging_when_nothing_listens(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lc = Lifecycle("e0")
+    with caplog.at_level(logging.DEBUG, logger="transitions"):
+        lc.fire(Trigger.RELEASE)
+    assert lc.state is State.RELEASING
+    logged = [r.msg for r in caplog.records if r.name.startswith("transitions")]
+    # transitions' own path logs six lines here; what is left is its finalize line.
+    assert len(logged) <= 1, logged
+
+
+def test_machine_fast_paths_still_run_registered_callbacks() -> None:
+    """The lifecycle's Machine subclass skips transitions' callback walks only when there
+    are none: a machine with callbacks gets every one, in transitions' order."""
+    calls: list[str] = []
+
+    class Model:
+        state: str
+
+    model = Model()
+    machine = _Machine(
+        model=model,
+        states=["a", "b"],
+        transitions=[
+            {
+                "trigger": "go",
+                "source": "a",
+                "dest": "b",
+                "prepare": lambda: calls.append("prepare"),
+                "conditions": lambda: calls.append("condition") is None,
+                "before": lambda: calls.append("before"),
+                "after": lambda: calls.append("after"),
+            }
+        ],
+        initial="a",
+        auto_transitions=False,
+        prepare_event=lambda: calls.append("prepare_event"),
+        before_state_change=lambda: calls.append("before_state_change"),
+    )
+    assert machine.events["go"].trigger(model)
+    assert model.state == "b"
+    assert calls == [
+        "prepare_event",
+        "prepare",
+        "condition",
+        "before_state_change",
+        "before",
+        "after",
+    ]
