@@ -64,13 +64,11 @@ class Engine:
     root_start: int | None = None  # start ticks of the root process when registered
     # Its GPUs' keys in the spec's order (the ``gpus`` of its events): the spec is frozen.
     gpus: tuple[str, ...] = field(init=False)
+    id: str = field(init=False)  # the spec's engine_id (read on every event: not a property)
 
     def __post_init__(self) -> None:
         self.gpus = tuple(d.key for d in self.spec.devices)
-
-    @property
-    def id(self) -> str:
-        return self.spec.engine_id
+        self.id = self.spec.engine_id
 
     @property
     def state(self) -> State:

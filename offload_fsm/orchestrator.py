@@ -278,16 +278,19 @@ class Orchestrator:
         await self._emit_transition(eng, eng.lifecycle.fire(trigger, reason=reason))
 
     async def _emit_transition(self, eng: Engine, step: Any, evidence: str | None = None) -> None:
-        eng.history.append(step.dst.value)
+        # ``_value_``: the member's value as a plain attribute (``.value`` is a property
+        # call, three per transition on the hot path).
+        dst: str = step.dst._value_
+        eng.history.append(dst)
         if step.dst in (State.SLEPT, State.FAILED):
             self.nudges.nudge(eng.gpus)  # memory or a blocker on these GPUs may have gone
         fields = {
             "engine_id": eng.id,
             "pipeline_id": eng.spec.pipeline_id,
             "gpus": eng.gpus,
-            "src": step.src.value,
-            "dst": step.dst.value,
-            "trigger": step.trigger.value,
+            "src": step.src._value_,
+            "dst": dst,
+            "trigger": step.trigger._value_,
             "reason": step.reason,
             "evidence": evidence,
         }
