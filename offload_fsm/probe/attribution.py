@@ -178,18 +178,25 @@ def resident_by_gpu(
     or the driver refused it), or when ``pid_namespace`` is not ``"host"``.
     """
     _check_namespace(pid_namespace)
-    out: dict[str, int | None] = {}
-    for mem in round.memory:
-        dev = mem.device
-        if pid_namespace != "host" or not round.processes_known(dev):
-            out[dev.key] = None
-            continue
-        mine = [p.used_bytes for p in round.processes_on(dev) if p.pid in pids]
-        if not mine or any(b is None for b in mine):
-            out[dev.key] = None
-        else:
-            out[dev.key] = sum(b for b in mine if b is not None)
-    return out
+    if pid_namespace != "host" or not round.per_gpu_processes:
+        return {mem.device.key: None for mem in round.memory}
+    # One pass over the round's processes (every gate round asks this): a key is absent
+    # where no pid of the set is listed, and None once any usage of theirs is unknown.
+    sums: dict[str, int | None] = {}
+    for proc in round.processes:
+        if proc.pid in pids:
+            key = proc.device.key
+            used = proc.used_bytes
+            if key in sums:
+                before = sums[key]
+                sums[key] = None if before is None or used is None else before + used
+            else:
+                sums[key] = used
+    unknown = round.unknown_processes
+    return {
+        mem.device.key: None if mem.device.key in unknown else sums.get(mem.device.key)
+        for mem in round.memory
+    }
 
 
 def resident_max(

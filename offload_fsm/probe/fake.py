@@ -122,7 +122,9 @@ class FakeGpus:
         self._unknown: set[int] = set()  # pids whose usage the "driver" will not report
         self._hidden_lists: set[str] = set()  # device keys whose process list is unknown
         self._pid_offset = 0
-        self._views: dict[GpuDevice, tuple[object, DeviceMemory, tuple[GpuProcess, ...]]] = {}
+        # device key -> (the device, what its reading depends on, the reading); keyed by the
+        # key string: hashing the frozen device dataclass hashes every field on each poll.
+        self._views: dict[str, tuple[GpuDevice, object, DeviceMemory, tuple[GpuProcess, ...]]] = {}
         # Extra usage sources, in the order added: those of any device, and by device key
         # (a snapshot of a few GPUs reads only their sources: at scale, scanning every
         # source of the node was the simulator's largest cost).
@@ -371,9 +373,9 @@ class FakeGpus:
         reserved = self._reserved.get(dev.key, 0)
         unknown = frozenset(p for p, _ in rows if p in self._unknown) if self._unknown else None
         key = (rows, reserved, hidden, self._pid_offset, unknown)
-        cached = self._views.get(dev)
-        if cached is not None and cached[0] == key:
-            return cached[1], cached[2]
+        cached = self._views.get(dev.key)
+        if cached is not None and cached[0] is dev and cached[1] == key:
+            return cached[2], cached[3]
         used = sum(nbytes for _, nbytes in rows)
         total = dev.total_bytes
         mem = DeviceMemory(
@@ -395,5 +397,5 @@ class FakeGpus:
                 for pid, nbytes in rows
             )
         )
-        self._views[dev] = (key, mem, procs)
+        self._views[dev.key] = (dev, key, mem, procs)
         return mem, procs
