@@ -15,7 +15,7 @@ import anyio
 
 from offload_fsm.bus import Recorder
 from offload_fsm.clock import Clock
-from offload_fsm.deadlines import deadline
+from offload_fsm.deadlines import RoundDeadlines
 from offload_fsm.engine_spec import Engine
 from offload_fsm.errors import EngineCallTimeout, EngineError, OffloadFsmError
 from offload_fsm.events import AdapterCallFailed, AdapterCallFinished, AdapterCallStarted
@@ -28,10 +28,12 @@ async def call_engine(
     *args: Any,
     recorder: Recorder,
     clock: Clock,
+    deadlines: RoundDeadlines,
     timeout_s: float,
     detail: str = "",
 ) -> None:
-    """Await ``fn(*args)`` for ``eng`` within ``timeout_s``, logged as the call ``name``."""
+    """Await ``fn(*args)`` for ``eng`` within ``timeout_s`` (armed on ``deadlines``, entered
+    by the calling task), logged as the call ``name``."""
     ids = {
         "engine_id": eng.id,
         "pipeline_id": eng.spec.pipeline_id,
@@ -41,8 +43,7 @@ async def call_engine(
     t0 = clock.now()
     error: EngineError | None = None
     try:
-        async with deadline(clock, timeout_s):
-            await fn(*args)
+        await deadlines.run(timeout_s, fn, *args)
     except TimeoutError as exc:
         error = EngineCallTimeout(eng.id, name, f"no answer within {timeout_s:g} s")
         error.__cause__ = exc

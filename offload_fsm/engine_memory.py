@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from offload_fsm.bus import Recorder
-from offload_fsm.clock import Clock
-from offload_fsm.deadlines import deadline
+from offload_fsm.deadlines import RoundDeadlines
 from offload_fsm.engine_spec import Engine
 from offload_fsm.errors import ProbeError
 from offload_fsm.events import AttributionReport
@@ -43,15 +42,15 @@ async def resident_now(
     eng: Engine,
     *,
     probe: ProbeBackend,
-    clock: Clock,
+    deadlines: RoundDeadlines,
     probe_timeout_s: float,
     proc_root: str,
     pid_namespace: str,
 ) -> int | None:
-    """The engine's resident bytes now (max per GPU): a diagnostic, never fatal."""
+    """The engine's resident bytes now (max per GPU): a diagnostic, never fatal. The probe
+    round's deadline is armed on ``deadlines`` (entered by the calling task)."""
     try:
-        async with deadline(clock, probe_timeout_s):
-            rnd = await probe.probe(eng.spec.devices)
+        rnd = await deadlines.run(probe_timeout_s, probe.probe, eng.spec.devices)
     except (ProbeError, TimeoutError):
         return None
     by_gpu = resident_by_gpu(rnd, engine_pids(eng, proc_root), pid_namespace=pid_namespace)

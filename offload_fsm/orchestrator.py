@@ -31,6 +31,7 @@ from offload_fsm.clock import Clock, RealClock
 from offload_fsm.concurrency import all_or_first_error
 from offload_fsm.conditions import ReleaseCondition, ResumeCondition
 from offload_fsm.config import GatePolicy, check_threshold_fits
+from offload_fsm.deadlines import RoundDeadlines
 from offload_fsm.engine_call import call_engine, tag_list, tag_text
 from offload_fsm.engine_memory import engine_pids, report_attribution, resident_now
 from offload_fsm.engine_spec import HISTORY_LEN, Engine, EngineSpec, PidsFn
@@ -147,16 +148,25 @@ class Orchestrator:
         await anyio.lowlevel.checkpoint_if_cancelled()  # cancelled already: touch nothing
         await self._fire(eng, Trigger.RELEASE)  # illegal -> raises before any engine call
         try:
-            await self._call(
-                eng,
-                "prepare_release",
-                eng.spec.adapter.prepare_release,
-                self.config.drain_timeout_s,
-            )
-            eng.resident_before = await self._resident_now(eng)
-            await self._call(
-                eng, "release", eng.spec.adapter.release, tag_list(tags), detail=tag_text(tags)
-            )
+            # One cancel scope armed around each engine call and probe of the operation:
+            # a scope per call cost more than a simulated call (deadlines.RoundDeadlines).
+            with RoundDeadlines(self.clock) as calls:
+                await self._call(
+                    eng,
+                    calls,
+                    "prepare_release",
+                    eng.spec.adapter.prepare_release,
+                    self.config.drain_timeout_s,
+                )
+                eng.resident_before = await self._resident_now(eng, calls)
+                await self._call(
+                    eng,
+                    calls,
+                    "release",
+                    eng.spec.adapter.release,
+                    tag_list(tags),
+                    detail=tag_text(tags),
+                )
             self.nudges.nudge(eng.gpus)  # memory on these GPUs may just have moved
             limit = eng.spec.release_limit_bytes or self.config.default_release_limit_bytes
             pids = self._pids_of(eng)
@@ -222,24 +232,30 @@ class Orchestrator:
 
     async def _resume(self, eng: Engine, tags: Sequence[str] | None) -> None:
         try:
-            await self._call(
-                eng, "resume", eng.spec.adapter.resume, tag_list(tags), detail=tag_text(tags)
-            )
-            if eng.resident_before:
-                pids = self._pids_of(eng)
-                await self._gate(
+            with RoundDeadlines(self.clock) as calls:  # one scope for both calls, as release
+                await self._call(
                     eng,
-                    ResumeCondition(
-                        eng.spec.devices,
-                        lambda: pids,
-                        eng.resident_before,
-                        eng.spec.resume_fraction,
-                        self.config.resume_unmeasured,
-                        self.pid_namespace,
-                    ),
-                    self.config.resume_gate,
+                    calls,
+                    "resume",
+                    eng.spec.adapter.resume,
+                    tag_list(tags),
+                    detail=tag_text(tags),
                 )
-            await self._call(eng, "finish_wake", eng.spec.adapter.finish_wake)
+                if eng.resident_before:
+                    pids = self._pids_of(eng)
+                    await self._gate(
+                        eng,
+                        ResumeCondition(
+                            eng.spec.devices,
+                            lambda: pids,
+                            eng.resident_before,
+                            eng.spec.resume_fraction,
+                            self.config.resume_unmeasured,
+                            self.pid_namespace,
+                        ),
+                        self.config.resume_gate,
+                    )
+                await self._call(eng, calls, "finish_wake", eng.spec.adapter.finish_wake)
             await self._fire(eng, Trigger.WOKEN)
         except BaseException as exc:
             await self._fail_after(eng, exc, "wake")
@@ -311,6 +327,7 @@ class Orchestrator:
     def _call(
         self,
         eng: Engine,
+        deadlines: RoundDeadlines,
         name: str,
         fn: Callable[..., Awaitable[None]],
         *args: Any,
@@ -324,6 +341,7 @@ class Orchestrator:
             *args,
             recorder=self.recorder,
             clock=self.clock,
+            deadlines=deadlines,
             timeout_s=self.config.call_timeout_s,
             detail=detail,
         )
@@ -362,11 +380,13 @@ class Orchestrator:
     def _pids_of(self, eng: Engine, table: ProcessTable | None = None) -> frozenset[int]:
         return engine_pids(eng, self.config.proc_root, table)
 
-    def _resident_now(self, eng: Engine) -> Coroutine[Any, Any, int | None]:
+    def _resident_now(
+        self, eng: Engine, deadlines: RoundDeadlines
+    ) -> Coroutine[Any, Any, int | None]:
         return resident_now(
             eng,
             probe=self.rounds,
-            clock=self.clock,
+            deadlines=deadlines,
             probe_timeout_s=self.config.release_gate.probe_timeout_s,
             proc_root=self.config.proc_root,
             pid_namespace=self.pid_namespace,
