@@ -37,7 +37,7 @@ async def call_engine(
     ids = {
         "engine_id": eng.id,
         "pipeline_id": eng.spec.pipeline_id,
-        "gpus": tuple(d.key for d in eng.spec.devices),
+        "gpus": eng.gpus,
     }
     await recorder.emit(AdapterCallStarted, call=name, detail=detail, **ids)
     t0 = clock.now()

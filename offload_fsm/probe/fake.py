@@ -110,6 +110,7 @@ class FakeGpus:
         if not devices:
             raise ValueError("a fake machine needs at least one device")
         self.devices = tuple(devices)
+        self.keys = frozenset(dev.key for dev in self.devices)
         self._index: dict[int | str, GpuDevice] = {}
         for dev in self.devices:
             for ref in (dev.index, dev.uuid, dev.key):

@@ -77,8 +77,10 @@ class FakeBackend:
         fault = self._faults.pop(self.rounds, None)
         if fault is not None:
             await self._apply(fault, devices)
+        known = self.gpus.keys
         for dev in devices:
-            self.gpus.device(dev)  # unknown devices are an error, as with NVML
+            if dev.key not in known:
+                self.gpus.device(dev)  # raises: unknown devices are an error, as with NVML
         return self.gpus.snapshot(devices)
 
     async def _apply(self, fault: Fault, devices: Sequence[GpuDevice]) -> None:
