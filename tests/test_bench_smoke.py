@@ -30,15 +30,27 @@ def test_scale_bench_prints_the_cycle_and_its_baselines(
     monkeypatch.setenv("BENCH_NODES", "1")
     monkeypatch.setenv("BENCH_STEPS", "1")
     monkeypatch.setenv("BENCH_EXTRA", "1")
+    monkeypatch.setenv("BENCH_REPEAT", "2")
     anyio.run(bench_scale.main)
     out = capsys.readouterr().out
+    assert "fastest of 2 runs each" in out
     names = [v.name for v in (bench_scale.SHIPPED, *bench_scale.BASELINES)]
     for name in names:
-        assert re.search(rf"^\s+1\s+8\s+14\s.*{re.escape(name)}$", out, re.M), name
+        assert re.search(
+            rf"^\s+1\s+8\s+14\s.*{re.escape(name)} \(ref loop [\d.]+ ms\)$", out, re.M
+        ), name
     rounds = {
         name: int(
-            re.search(rf"^\s+1\s+8\s+14(?:\s+\S+){{5}}\s+(\d+)\s.*{re.escape(name)}$", out, re.M)[1]
+            re.search(rf"^\s+1\s+8\s+14(?:\s+\S+){{5}}\s+(\d+)\s.*{re.escape(name)} \(", out, re.M)[
+                1
+            ]
         )  # type: ignore[index]
         for name in names
     }
     assert rounds["as shipped"] < rounds["probe rounds not shared"]
+
+
+def test_scale_bench_refuses_a_repeat_below_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BENCH_REPEAT", "0")
+    with pytest.raises(SystemExit, match="BENCH_REPEAT must be >= 1, got 0"):
+        anyio.run(bench_scale.main)

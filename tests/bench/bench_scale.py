@@ -15,6 +15,10 @@ backends ran. Run: ``python -m tests.bench.bench_scale``.
 Then, at the largest size, the baselines side by side: the same run with each measure taken
 back in turn (probe rounds not shared between gates; the collector's thresholds at CPython's
 defaults; neither, nor the set-up frozen). ``BENCH_BASELINES=0`` skips them.
+
+Each run is made ``BENCH_REPEAT`` times (default 3) and its fastest kept, as ``timeit`` does:
+a shared VM's speed moves from minute to minute. "ref loop" times a fixed pure-Python loop
+around each row, so a reader can tell a slow machine from slow code.
 """
 
 from __future__ import annotations
@@ -213,9 +217,30 @@ class CycleFigures:
     steps_long: int
 
 
-async def cycle(nodes: int, steps: int, extra: int, variant: Variant = SHIPPED) -> CycleFigures:
-    short = await scale_run(nodes, steps, variant)
-    long = await scale_run(nodes, steps + extra, variant)
+async def fastest_run(nodes: int, steps: int, variant: Variant, repeat: int) -> RunFigures:
+    """The run made ``repeat`` times; the one with the least wall time."""
+    runs = [await scale_run(nodes, steps, variant) for _ in range(repeat)]
+    return min(runs, key=lambda r: r.wall_per_step)
+
+
+def ref_loop_ms() -> float:
+    """Milliseconds a fixed pure-Python loop takes now (the fastest of 5): the machine's
+    speed at this moment, printed beside the figures."""
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(200_000):
+            total += i
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+async def cycle(
+    nodes: int, steps: int, extra: int, variant: Variant = SHIPPED, repeat: int = 1
+) -> CycleFigures:
+    short = await fastest_run(nodes, steps, variant, repeat)
+    long = await fastest_run(nodes, steps + extra, variant, repeat)
     return CycleFigures(
         per_step=short.wall_per_step,
         full_cycle=(long.wall_per_step * (steps + extra) - short.wall_per_step * steps) / extra,
@@ -231,9 +256,13 @@ async def main() -> None:
     counts = [int(x) for x in os.environ.get("BENCH_NODES", "1,4,16,64").split(",")]
     steps = int(os.environ.get("BENCH_STEPS", "2"))
     extra = int(os.environ.get("BENCH_EXTRA", "4"))
+    repeat = int(os.environ.get("BENCH_REPEAT", "3"))
+    if repeat < 1:
+        raise SystemExit(f"BENCH_REPEAT must be >= 1, got {repeat}")
     print(
         f"simulated scale run: 8 GPUs/node, 2 pipelines per node, virtual time; per step over "
-        f"{steps} steps, full cycle = ({steps + extra} steps - {steps} steps) / {extra}"
+        f"{steps} steps, full cycle = ({steps + extra} steps - {steps} steps) / {extra}; "
+        f"fastest of {repeat} runs each"
     )
     print(
         f"{'nodes':>6} {'GPUs':>6} {'engines':>8} {'per step':>9} {'full cycle':>11} "
@@ -242,17 +271,22 @@ async def main() -> None:
     )
     base = None
     for n in counts:
-        fig = await cycle(n, steps, extra)
+        before = ref_loop_ms()
+        fig = await cycle(n, steps, extra, repeat=repeat)
         per_gpu = fig.full_cycle / (8 * n)
         base = base or per_gpu
-        print(f"{_row(n, fig)}   (x{per_gpu / base:.2f} per GPU vs smallest)")
+        print(
+            f"{_row(n, fig)}   (x{per_gpu / base:.2f} per GPU vs smallest; "
+            f"ref loop {before:.1f}/{ref_loop_ms():.1f} ms before/after)"
+        )
         sys.stdout.flush()
     if os.environ.get("BENCH_BASELINES", "1") == "0":
         return
     n = counts[-1]
     print(f"\nbaselines at {8 * n} GPUs, each measure taken back (same columns), in turn:")
     for variant in (SHIPPED, *BASELINES):
-        print(f"{_row(n, await cycle(n, steps, extra, variant))}   {variant.name}")
+        fig = await cycle(n, steps, extra, variant, repeat)
+        print(f"{_row(n, fig)}   {variant.name} (ref loop {ref_loop_ms():.1f} ms)")
         sys.stdout.flush()
 
 
