@@ -13,8 +13,8 @@ gate opens instead and emits a distinct, loud ``GateFailOpen`` event.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -112,21 +112,9 @@ class NudgeHub:
     def __init__(self) -> None:
         self._by_key: dict[str, set[Nudge]] = {}
 
-    @contextmanager
-    def watch(self, keys: Iterable[str]) -> Iterator[Nudge]:
-        nudge = Nudge()
-        keys = tuple(keys)
-        for key in keys:
-            self._by_key.setdefault(key, set()).add(nudge)
-        try:
-            yield nudge
-        finally:
-            for key in keys:
-                watchers = self._by_key.get(key)
-                if watchers is not None:
-                    watchers.discard(nudge)
-                    if not watchers:
-                        del self._by_key[key]
+    def watch(self, keys: Iterable[str]) -> _Watch:
+        """``with hub.watch(keys) as nudge:`` the gate on those GPUs' nudge, while inside."""
+        return _Watch(self._by_key, tuple(keys))
 
     def nudge(self, keys: Iterable[str]) -> None:
         woken: set[Nudge] = set()
@@ -135,6 +123,31 @@ class NudgeHub:
                 if nudge not in woken:
                     woken.add(nudge)
                     nudge.nudge()
+
+
+class _Watch:
+    """One gate's watch on some GPUs' nudges. A class, not a ``@contextmanager`` generator:
+    every gate enters one, and the generator machinery cost more than the watch."""
+
+    __slots__ = ("_by_key", "_keys", "_nudge")
+
+    def __init__(self, by_key: dict[str, set[Nudge]], keys: tuple[str, ...]) -> None:
+        self._by_key = by_key
+        self._keys = keys
+        self._nudge = Nudge()
+
+    def __enter__(self) -> Nudge:
+        for key in self._keys:
+            self._by_key.setdefault(key, set()).add(self._nudge)
+        return self._nudge
+
+    def __exit__(self, *exc_info: object) -> None:
+        for key in self._keys:
+            watchers = self._by_key.get(key)
+            if watchers is not None:
+                watchers.discard(self._nudge)
+                if not watchers:
+                    del self._by_key[key]
 
 
 @dataclass(slots=True)
@@ -162,8 +175,12 @@ async def run_gate(
     clock: Clock,
     recorder: Recorder | None = None,
     ctx: GateContext | None = None,
+    deadlines: RoundDeadlines | None = None,
 ) -> GateResult:
     """Poll until ``condition`` holds for ``policy.settle_samples`` rounds in a row.
+
+    ``deadlines``: the caller's (entered in this task) to arm each round's deadline on;
+    None: the gate enters its own.
 
     Raises :class:`GateTimeout` at the deadline (after emitting ``GateTimedOut`` and, where
     ``ctx.report`` is given, an attribution report), :class:`GateUnmeasurable` when the probe
@@ -183,8 +200,14 @@ async def run_gate(
     prev_passed: bool | None = None
 
     async def emit_decision(v: Verdict, opened: bool, elapsed: float) -> None:
-        await events.emit(
+        if recorder is None:
+            return
+        await recorder.emit(  # not through _GateEvents: one kwargs hop less, every decision
             GateDecision,
+            engine_id=ctx.engine_id,
+            pipeline_id=ctx.pipeline_id,
+            gpus=keys,
+            gate=condition.gate,
             passed=bool(v.passed),
             opened=opened,
             observed_bytes=v.observed,
@@ -197,8 +220,8 @@ async def run_gate(
         )
 
     # One cancel scope for all the rounds, armed around each (a scope per round cost more
-    # than a simulated round: see deadlines.RoundDeadlines).
-    with RoundDeadlines(clock) as rounds:
+    # than a simulated round: see deadlines.RoundDeadlines); the caller's where it has one.
+    with RoundDeadlines(clock) if deadlines is None else nullcontext(deadlines) as rounds:
         while True:
             attempts += 1
             try:

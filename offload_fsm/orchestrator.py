@@ -167,20 +167,21 @@ class Orchestrator:
                     tag_list(tags),
                     detail=tag_text(tags),
                 )
-            self.nudges.nudge(eng.gpus)  # memory on these GPUs may just have moved
-            limit = eng.spec.release_limit_bytes or self.config.default_release_limit_bytes
-            pids = self._pids_of(eng)
-            result = await self._gate(
-                eng,
-                ReleaseCondition(
-                    eng.spec.devices,
-                    lambda: pids,
-                    limit,
-                    self.config.release_unmeasured,
-                    self.pid_namespace,
-                ),
-                self.config.release_gate,
-            )
+                self.nudges.nudge(eng.gpus)  # memory on these GPUs may just have moved
+                limit = eng.spec.release_limit_bytes or self.config.default_release_limit_bytes
+                pids = self._pids_of(eng)
+                result = await self._gate(
+                    eng,
+                    ReleaseCondition(
+                        eng.spec.devices,
+                        lambda: pids,
+                        limit,
+                        self.config.release_unmeasured,
+                        self.pid_namespace,
+                    ),
+                    self.config.release_gate,
+                    calls,
+                )
             await self._report(eng, result.last_round, "after_release")
             await self._fire(eng, Trigger.RELEASED)
         except BaseException as exc:
@@ -254,6 +255,7 @@ class Orchestrator:
                             self.pid_namespace,
                         ),
                         self.config.resume_gate,
+                        calls,
                     )
                 await self._call(eng, calls, "finish_wake", eng.spec.adapter.finish_wake)
             await self._fire(eng, Trigger.WOKEN)
@@ -346,8 +348,10 @@ class Orchestrator:
             detail=detail,
         )
 
-    async def _gate(self, eng: Engine, condition: Any, policy: GatePolicy) -> GateResult:
-        return await self._gate_over([eng], eng.spec.devices, condition, policy)
+    async def _gate(
+        self, eng: Engine, condition: Any, policy: GatePolicy, deadlines: RoundDeadlines
+    ) -> GateResult:
+        return await self._gate_over([eng], eng.spec.devices, condition, policy, deadlines)
 
     async def _gate_over(
         self,
@@ -355,8 +359,10 @@ class Orchestrator:
         devices: tuple[GpuDevice, ...],
         condition: Any,
         policy: GatePolicy,
+        deadlines: RoundDeadlines | None = None,
     ) -> GateResult:
-        """Run one gate for ``group`` (its events name the engine when there is one)."""
+        """Run one gate for ``group`` (its events name the engine when there is one), its
+        rounds' deadlines armed on ``deadlines`` where the calling operation has one."""
         first = group[0]
         with self.nudges.watch(d.key for d in devices) as nudge:
             ctx = GateContext(
@@ -373,6 +379,7 @@ class Orchestrator:
                 clock=self.clock,
                 recorder=self.recorder,
                 ctx=ctx,
+                deadlines=deadlines,
             )
 
     # engine_memory.py, bound to this orchestrator's probe, clock and /proc settings.

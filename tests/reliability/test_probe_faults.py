@@ -167,6 +167,40 @@ async def test_a_hung_round_is_abandoned_and_the_next_one_counts(tmp_path: Path)
     assert any(d.detail.startswith("unmeasured: probe round hung") for d in check.of(GateDecision))
 
 
+async def test_hung_rounds_inside_release_and_resume_leave_later_calls_their_deadlines(
+    tmp_path: Path,
+) -> None:
+    """A release arms one cancel scope around its calls, its resident probe and its gate's
+    rounds (a resume around its calls and gate). A hung round spends that scope: it is
+    replaced, so the engine calls and rounds after it still run, each with a deadline."""
+    gate = GatePolicy(deadline_s=5.0, probe_timeout_s=0.5)
+    # Round 1 (the resident probe before the first release call) hangs, then round 3 (the
+    # release gate's second: it settles again on 4-6); the wake gate takes 7-9. The second
+    # release probes 10 and gates 11-13, the wake 14-16; round 17, the resume gate's first
+    # (run now that the resident bytes are known), hangs.
+    faults = {n: Fault.hang(10.0) for n in (1, 3, 17)}
+    async with open_rig(
+        tmp_path,
+        probe=lambda g: FakeBackend(g, faults=faults),
+        release_gate=gate,
+        resume_gate=GatePolicy(deadline_s=5.0, probe_timeout_s=0.5, settle_samples=1),
+        share_probe_rounds=False,
+    ) as rig:
+        sim = await rig.add_sim("a", [0])
+        await rig.orch.release("a")
+        assert rig.orch.state("a") is State.SLEPT
+        assert rig.orch.engine("a").resident_before is None  # its probe hung: unknown
+        assert sim.calls["release"] == 1  # the call after the spent scope still ran
+        await rig.orch.wake("a")
+        await rig.orch.release("a")
+        assert rig.orch.engine("a").resident_before  # measured this time
+        await rig.orch.wake("a")
+        assert rig.orch.state("a") is State.ACTIVE
+        assert sim.calls["finish_wake"] == 2
+    hung = [d for d in check_log(rig).of(GateDecision) if "probe round hung" in d.detail]
+    assert [d.gate for d in hung] == ["release", "resume"]
+
+
 async def test_no_backend_fails_closed_and_fail_open_is_loud(tmp_path: Path) -> None:
     def gone(gpus: Any) -> ProbeBackend:
         return FakeBackend(gpus, faults={n: Fault.unavailable() for n in range(1, 50)})
