@@ -19,10 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import anyio
-import anyio.lowlevel
-
-from offload_fsm.oneshot import OneShot, one_shot
+from offload_fsm.oneshot import OneShot, checkpoint, one_shot
 from offload_fsm.probe.base import DeviceMemory, GpuDevice, GpuProcess, ProbeBackend, ProbeRound
 
 
@@ -108,7 +105,7 @@ class SharedRounds:
             return await self._alone(devices)
         batch = self._open[nodes] = _Batch(devices)
         try:
-            await anyio.lowlevel.checkpoint()  # callers ready at this moment join now
+            await checkpoint()  # callers ready at this moment join now
         except BaseException:  # cancelled before its round: the joiners retry alone
             batch.finish(None)
             raise
