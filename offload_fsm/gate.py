@@ -327,12 +327,18 @@ async def _sample_memory(round: ProbeRound, recorder: Recorder | None, ctx: Gate
     """Memory samples as events, only when a GPU's used memory moved (keeps logs small)."""
     if recorder is None:
         return
+    last = ctx._last_sampled
     for mem in round.memory:
         key = mem.device.key
-        prev = ctx._last_sampled.get(key, -1)
-        if key in ctx._last_sampled and not _moved((prev,), (mem.used_bytes,)):
-            continue
-        ctx._last_sampled[key] = mem.used_bytes
+        used = mem.used_bytes
+        if key in last:  # _moved() for one GPU, inlined: asked for every GPU of every round
+            prev = last[key]
+            if prev is None or used is None:
+                if prev is used:
+                    continue
+            elif abs(prev - used) <= _MOVED_BYTES:
+                continue
+        last[key] = used
         await recorder.emit(
             MemorySample,
             gpus=(key,),
