@@ -199,19 +199,21 @@ class _Model:
 class _MachineState(transitions.State):
     """transitions' State, minus per-trigger overhead we do not use.
 
-    ``name`` is computed once (transitions derives it from the enum on every access), and
-    ``enter``/``exit`` return at once when there are no callbacks (Lifecycle registers none;
-    transitions would still log and walk the empty lists). Together with
-    :class:`_Machine`'s state lookup this halves the cost of a trigger.
+    ``name`` and ``value`` are plain attributes set once (transitions derives them through a
+    property on every access, several times per trigger), and ``enter``/``exit`` return at
+    once when there are no callbacks (Lifecycle registers none; transitions would still log
+    and walk the empty lists). Together with :class:`_Machine`'s state lookup this halves
+    the cost of a trigger.
     """
+
+    # Shadow transitions' properties: the instance attributes set below are read instead.
+    name: str = ""
+    value: Any = None
 
     def __init__(self, name: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(name, *args, **kwargs)
-        self._fixed_name: str = name.name if isinstance(name, enum.Enum) else name
-
-    @property
-    def name(self) -> str:
-        return self._fixed_name
+        self.name = name.name if isinstance(name, enum.Enum) else name
+        self.value = name  # transitions' ``value``: what it was created with
 
     def enter(self, event_data: Any) -> None:
         if self.on_enter:
