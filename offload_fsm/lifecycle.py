@@ -123,35 +123,22 @@ class Step:
 
 
 class Lifecycle:
-    """One engine's state machine. Synchronous and pure; not thread-safe by design."""
+    """One engine's state machine. Synchronous and pure; not thread-safe by design.
 
-    __slots__ = ("_events", "_machine", "_model", "engine_id", "reason")
+    Every lifecycle runs on one shared ``transitions`` machine (``_MACHINE``) with a model
+    of its own: transitions keeps a model's state on the model, so the states, events and
+    transitions need not be built again per engine (a machine each was ~22 KB, and a run's
+    working set grew with its engines)."""
+
+    __slots__ = ("_model", "engine_id", "reason")
 
     def __init__(self, engine_id: str, initial: State = S.ACTIVE) -> None:
         self.engine_id = engine_id
-        # transitions decorates its model with trigger methods: keep them off our API.
+        # transitions decorates a model added to a machine with trigger methods; this one
+        # is never added (a machine reads and sets only its ``state``): nothing on our API.
         self._model = _Model()
+        self._model.state = State(initial)
         self.reason: str | None = None  # why the engine is failed, while it is
-        transitions: list[dict[str, Any]] = []
-        for (src, trig), dsts in _TABLE.items():
-            for dst in sorted(dsts, key=lambda s: s.value):
-                spec: dict[str, Any] = {"trigger": trig.value, "source": src, "dest": dst}
-                if len(dsts) > 1:
-                    spec["conditions"] = [_evidence_targets(dst)]
-                transitions.append(spec)
-        self._machine = _Machine(
-            model=self._model,
-            states=State,
-            transitions=transitions,
-            initial=initial,
-            auto_transitions=False,
-            send_event=True,
-            ignore_invalid_triggers=False,
-            queued=False,
-            model_attribute="state",
-        )
-        events = self._machine.events
-        self._events = {t: events[t.value] for t in Trigger if t.value in events}
 
     @property
     def state(self) -> State:
@@ -174,7 +161,7 @@ class Lifecycle:
         if (src, trigger) not in _TABLE:
             raise IllegalTransition(self.engine_id, src.value, trigger.value)
         try:
-            ok = self._events[trigger].trigger(self._model, evidence=evidence)
+            ok = _EVENTS[trigger].trigger(self._model, evidence=evidence)
         except MachineError as exc:  # pragma: no cover - guarded by the table check above
             raise IllegalTransition(self.engine_id, src.value, trigger.value) from exc
         if not ok:  # a conditional transition found no matching evidence
@@ -278,12 +265,39 @@ class _Machine(Machine):
         return found if found is not None else super().get_state(state)
 
 
+def _build_machine() -> tuple[_Machine, dict[Trigger, Any]]:
+    """The one machine every Lifecycle runs on (no model of its own), and its events."""
+    transitions: list[dict[str, Any]] = []
+    for (src, trig), dsts in _TABLE.items():
+        for dst in sorted(dsts, key=lambda s: s.value):
+            spec: dict[str, Any] = {"trigger": trig.value, "source": src, "dest": dst}
+            if len(dsts) > 1:
+                spec["conditions"] = [_evidence_targets(dst)]
+            transitions.append(spec)
+    machine = _Machine(
+        model=None,
+        states=State,
+        transitions=transitions,
+        initial=S.ACTIVE,  # unused (no model), but keeps transitions from adding "initial"
+        auto_transitions=False,
+        send_event=True,
+        ignore_invalid_triggers=False,
+        queued=False,
+        model_attribute="state",
+    )
+    events = machine.events
+    return machine, {t: events[t.value] for t in Trigger if t.value in events}
+
+
 def _evidence_targets(dst: State) -> Any:
     def condition(event: Any) -> bool:
         evidence = event.kwargs.get("evidence")
         return isinstance(evidence, Evidence) and evidence.target is dst
 
     return condition
+
+
+_MACHINE, _EVENTS = _build_machine()
 
 
 def mermaid() -> str:

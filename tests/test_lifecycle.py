@@ -163,3 +163,20 @@ def test_machine_fast_paths_still_run_registered_callbacks() -> None:
         "before",
         "after",
     ]
+
+
+def test_lifecycles_sharing_one_machine_keep_their_own_state() -> None:
+    a, b = Lifecycle("a"), Lifecycle("b", initial=State.SLEPT)
+    a.fire(Trigger.RELEASE)
+    b.fire(Trigger.REQUEST_WAKE)
+    a.fire(Trigger.FAIL, reason="test")
+    assert (a.state, b.state) == (State.FAILED, State.GATED)
+    assert (a.reason, b.reason) == ("test", None)
+    with pytest.raises(IllegalTransition):
+        b.fire(Trigger.RELEASE)  # gated, whatever a's state
+    assert Lifecycle("c").state is State.ACTIVE
+
+
+def test_an_initial_state_that_is_not_a_state_is_refused() -> None:
+    with pytest.raises(ValueError, match="'bogus' is not a valid State"):
+        Lifecycle("a", initial="bogus")  # type: ignore[arg-type]
