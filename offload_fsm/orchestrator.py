@@ -49,7 +49,7 @@ from offload_fsm.probe.attribution import (
     detect_pid_namespace,
     read_process,
 )
-from offload_fsm.probe.base import GpuDevice, ProbeBackend, ProbeRound
+from offload_fsm.probe.base import GpuDevice, ProbeBackend, ProbeRound, rounds_are_cheap
 from offload_fsm.probe.shared import SharedRounds
 
 
@@ -84,8 +84,12 @@ class Orchestrator:
     @probe.setter
     def probe(self, probe: ProbeBackend) -> None:
         self._probe = probe
-        # What gates and residual checks poll: one round for the gates polling at once.
-        self.rounds = SharedRounds(probe) if self.config.share_probe_rounds else probe
+        # What gates and residual checks poll: one round for the gates polling at once,
+        # unless a round costs less than sharing it.
+        share = self.config.share_probe_rounds
+        if share is None:
+            share = not rounds_are_cheap(probe)
+        self.rounds = SharedRounds(probe) if share else probe
 
     # --- run and registration ---------------------------------------------------------------
 

@@ -33,7 +33,9 @@ class OrchestratorConfig:
     # foreign PID namespace per-process figures are unknown (whole-GPU ones stay valid).
     pid_namespace: str | None = None
     # Gates polling at the same moment share one probe round over their GPUs (probe/shared.py).
-    share_probe_rounds: bool = True
+    # None: where the backend's rounds are not cheap (probe.base.rounds_are_cheap): NVML,
+    # nvidia-smi and Ray rounds are shared, the in-memory fake's are not.
+    share_probe_rounds: bool | None = None
 
     def __post_init__(self) -> None:
         if self.threshold_bytes <= 0:

@@ -47,7 +47,8 @@ def test_scale_bench_prints_the_cycle_and_its_baselines(
         )  # type: ignore[index]
         for name in names
     }
-    assert rounds["as shipped"] < rounds["probe rounds not shared"]
+    # The fake ledger's rounds are cheap: shipped, each gate polls alone; shared, fewer rounds.
+    assert rounds["probe rounds shared all the same"] < rounds["as shipped"]
 
 
 def test_scale_bench_refuses_a_repeat_below_one(monkeypatch: pytest.MonkeyPatch) -> None:

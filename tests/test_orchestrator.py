@@ -29,8 +29,10 @@ from offload_fsm.events import (
 )
 from offload_fsm.lifecycle import State
 from offload_fsm.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig
-from offload_fsm.probe.base import GIB, GpuDevice, ProbeRound
+from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend, ProbeRound
 from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
+from offload_fsm.probe.retry import RetryingProbe
+from offload_fsm.probe.shared import SharedRounds
 from tests.ledger_engine import LedgerEngine
 
 THRESHOLD = 8 * GIB
@@ -324,11 +326,37 @@ async def test_state_query_that_raises_never_skips_the_gate(world: World) -> Non
     assert back and "failing closed" in (back[-1].reason or "")  # type: ignore[attr-defined]
 
 
+def test_probe_rounds_are_shared_by_default_only_where_a_round_is_not_cheap() -> None:
+    """share_probe_rounds=None: NVML-like rounds are shared, the in-memory fake's are not
+    (cheaper than batching them); True and False force it either way."""
+    gpus = FakeGpus(make_devices(1), VirtualClock())
+
+    class CostlyBackend(FakeBackend):
+        cheap_rounds = False  # as NVML, nvidia-smi or a remote round
+
+    def rounds_of(backend: ProbeBackend, share: bool | None) -> object:
+        config = OrchestratorConfig(
+            threshold_bytes=GIB, pid_namespace="host", share_probe_rounds=share
+        )
+        bus = EventBus()
+        return Orchestrator(probe=backend, recorder=Recorder(bus, "t"), config=config).rounds
+
+    fake, costly = FakeBackend(gpus), CostlyBackend(gpus)
+    assert rounds_of(fake, None) is fake
+    assert isinstance(rounds_of(costly, None), SharedRounds)
+    assert isinstance(rounds_of(RetryingProbe(costly), None), SharedRounds)
+    assert not isinstance(rounds_of(RetryingProbe(fake), None), SharedRounds)
+    assert isinstance(rounds_of(fake, True), SharedRounds)
+    assert rounds_of(costly, False) is costly
+
+
 async def test_gates_polling_together_share_probe_rounds(world: World, anyio_backend: str) -> None:
     """Four engines released together: their release gates poll in lockstep and share each
     round (OrchestratorConfig.share_probe_rounds); without sharing, one round per gate poll."""
     backend = world.orch.probe
     assert isinstance(backend, FakeBackend)
+    world.orch.config = dataclasses.replace(world.orch.config, share_probe_rounds=True)
+    world.orch.probe = backend  # forced on: the fake's own rounds are not shared by default
     ids = [f"e{i}" for i in range(4)]
     for i, eid in enumerate(ids):
         await world.add(eid, world.engine(eid, 100 + i, [i]))

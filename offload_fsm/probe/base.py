@@ -118,3 +118,11 @@ class ProbeBackend(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+def rounds_are_cheap(backend: ProbeBackend) -> bool:
+    """Whether ``backend`` says a round of it costs less than batching it (its optional
+    ``cheap_rounds`` attribute, False when absent): an in-memory ledger does, NVML, nvidia-smi
+    and remote rounds do not. The orchestrator shares rounds between gates only where they
+    are not cheap, unless told otherwise (``OrchestratorConfig.share_probe_rounds``)."""
+    return bool(getattr(backend, "cheap_rounds", False))

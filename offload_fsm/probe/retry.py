@@ -21,7 +21,7 @@ from offload_fsm.clock import Clock, RealClock
 from offload_fsm.deadlines import deadline
 from offload_fsm.errors import ConfigError, ProbeError, ProbeTimeout, TransientProbeError
 from offload_fsm.events import ProbeGaveUp, ProbeRetry
-from offload_fsm.probe.base import GpuDevice, ProbeBackend, ProbeRound
+from offload_fsm.probe.base import GpuDevice, ProbeBackend, ProbeRound, rounds_are_cheap
 
 T = TypeVar("T")
 
@@ -83,6 +83,7 @@ class RetryingProbe:
     ) -> None:
         self.inner = inner
         self.name = inner.name
+        self.cheap_rounds = rounds_are_cheap(inner)  # retrying does not change what a round costs
         self.policy = policy or RetryPolicy()
         self.clock: Clock = clock or RealClock()
         self.rng = rng or random.Random()

@@ -16,8 +16,9 @@ a round for GPUs on several nodes, concurrently; "rounds/cycle" counts the round
 backends ran. Run: ``python -m tests.bench.bench_scale``.
 
 Then, at the largest size, the baselines side by side: the same run with each measure taken
-back in turn (probe rounds not shared between gates; the collector's thresholds at CPython's
-defaults; neither, nor the set-up frozen). ``BENCH_BASELINES=0`` skips them.
+back in turn (the ledger's probe rounds shared between gates, as NVML's are; the collector's
+thresholds at CPython's defaults; those, and the set-up not frozen either).
+``BENCH_BASELINES=0`` skips them.
 
 Each run is made ``BENCH_REPEAT`` times (default 3) and the one with the fastest full cycle
 kept, as ``timeit`` keeps its fastest: a shared VM's speed moves from minute to minute.
@@ -46,7 +47,7 @@ from offload_fsm.drivers.pipeline import Pipeline, shrink_gpus_for
 from offload_fsm.drivers.sim_world import SimOptions, build_sim_world
 from offload_fsm.drivers.view import RunView
 from offload_fsm.orchestrator import Orchestrator, OrchestratorConfig
-from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend, ProbeRound
+from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend, ProbeRound, rounds_are_cheap
 from offload_fsm.probe.fake import FakeBackend
 from offload_fsm.ray_support.rounds import merge_rounds  # no Ray needed
 from offload_fsm.topology import PipelineTopology
@@ -59,6 +60,8 @@ class RoutedProbe:
 
     def __init__(self, backends: Mapping[str | None, ProbeBackend]) -> None:
         self.backends = backends
+        # As cheap as its nodes' rounds (in-memory ledgers here; a Ray routed probe is not).
+        self.cheap_rounds = all(rounds_are_cheap(b) for b in backends.values())
         self.node_rounds = 0  # rounds asked of the nodes' backends
 
     async def devices(self) -> tuple[GpuDevice, ...]:
@@ -97,16 +100,17 @@ class Variant:
     """How a run is set up: as shipped, or with one of the measures taken back (baselines)."""
 
     name: str
-    share_rounds: bool = True  # OrchestratorConfig.share_probe_rounds
+    share_rounds: bool | None = None  # OrchestratorConfig.share_probe_rounds (None: auto)
     freeze: bool = True  # gc_freeze.frozen_setup around the steps
     young_threshold: int | None = RUN_YOUNG_THRESHOLD  # None: CPython's default (700)
 
 
 SHIPPED = Variant("as shipped")
 BASELINES = (
-    Variant("probe rounds not shared", share_rounds=False),
+    # Shipped: the fake ledger's rounds are cheap, so not shared (probe.base.rounds_are_cheap).
+    Variant("probe rounds shared all the same", share_rounds=True),
     Variant("collector thresholds at CPython's defaults", young_threshold=None),
-    Variant("neither, set-up not frozen", share_rounds=False, freeze=False, young_threshold=None),
+    Variant("CPython's thresholds, set-up not frozen", freeze=False, young_threshold=None),
 )
 
 
