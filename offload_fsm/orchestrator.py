@@ -163,14 +163,7 @@ class Orchestrator:
                     self.config.drain_timeout_s,
                 )
                 eng.resident_before = await self._resident_now(eng, calls)
-                await self._call(
-                    eng,
-                    calls,
-                    "release",
-                    eng.spec.adapter.release,
-                    tag_list(tags),
-                    detail=tag_text(tags),
-                )
+                await self._tagged_call(eng, calls, "release", eng.spec.adapter.release, tags)
                 self.nudges.nudge(eng.gpus)  # memory on these GPUs may just have moved
                 limit = eng.spec.release_limit_bytes or self.config.default_release_limit_bytes
                 pids = self._pids_of(eng)
@@ -238,14 +231,7 @@ class Orchestrator:
     async def _resume(self, eng: Engine, tags: Sequence[str] | None) -> None:
         try:
             with RoundDeadlines(self.clock) as calls:  # one scope for both calls, as release
-                await self._call(
-                    eng,
-                    calls,
-                    "resume",
-                    eng.spec.adapter.resume,
-                    tag_list(tags),
-                    detail=tag_text(tags),
-                )
+                await self._tagged_call(eng, calls, "resume", eng.spec.adapter.resume, tags)
                 if eng.resident_before:
                     pids = self._pids_of(eng)
                     await self._gate(
@@ -351,6 +337,17 @@ class Orchestrator:
             timeout_s=self.config.call_timeout_s,
             detail=detail,
         )
+
+    def _tagged_call(
+        self,
+        eng: Engine,
+        deadlines: RoundDeadlines,
+        name: str,
+        fn: Callable[[list[str] | None], Awaitable[None]],
+        tags: Sequence[str] | None,
+    ) -> Coroutine[Any, Any, None]:
+        """A release or resume call: its tags as the argument and as the events' detail."""
+        return self._call(eng, deadlines, name, fn, tag_list(tags), detail=tag_text(tags))
 
     async def _gate(
         self, eng: Engine, condition: Any, policy: GatePolicy, deadlines: RoundDeadlines
