@@ -1,5 +1,6 @@
 """Deadlines that follow the injected clock: ``deadline()`` for one await, ``RoundDeadlines``
-for a series of awaits in one task (a gate's probe rounds). Both raise ``TimeoutError``.
+for a series of awaits in one task (a release's or a resume's engine calls, resident probe and
+gate rounds). Both raise ``TimeoutError``.
 
 On a :class:`~offload_fsm.clock.VirtualClock` a deadline is a clock timer that cancels a
 scope (no task per deadline); on real time it is anyio's own; on another virtual clock a
@@ -82,9 +83,10 @@ class _VirtualDeadline:
 
 
 class RoundDeadlines:
-    """A deadline for each of a series of awaits in one task (a gate's probe rounds), under
-    one cancel scope armed around each await and disarmed between them: entering and leaving
-    an anyio cancel scope per round cost more than a simulated round itself. A scope that
+    """A deadline for each of a series of awaits in one task (an operation's engine calls
+    and its gate's probe rounds), under one cancel scope armed around each await and
+    disarmed between them: entering and leaving an anyio cancel scope per round cost more
+    than a simulated round itself. A scope that
     expired cannot be re-armed, so it is left and replaced. Use it as ``with`` in the task
     that awaits; ``await rounds.run(seconds, fn, *args)`` raises ``TimeoutError`` like
     :func:`deadline`."""
