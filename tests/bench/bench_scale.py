@@ -257,8 +257,8 @@ class CycleFigures:
     steps_run: int
 
 
-async def fastest_cycle(
-    nodes: int, steps: int, extra: int, variant: Variant, repeat: int
+async def cycle(
+    nodes: int, steps: int, extra: int, variant: Variant = SHIPPED, repeat: int = 1
 ) -> CycleFigures:
     """The run of ``steps + extra`` steps made ``repeat`` times; the fastest full cycle."""
     best: CycleFigures | None = None
@@ -291,12 +291,6 @@ def ref_loop_ms() -> float:
             total += i
         best = min(best, time.perf_counter() - t0)
     return best * 1e3
-
-
-async def cycle(
-    nodes: int, steps: int, extra: int, variant: Variant = SHIPPED, repeat: int = 1
-) -> CycleFigures:
-    return await fastest_cycle(nodes, steps, extra, variant, repeat)
 
 
 async def main() -> None:
