@@ -200,14 +200,8 @@ async def run_gate(
     prev_passed: bool | None = None
 
     async def emit_decision(v: Verdict, opened: bool, elapsed: float) -> None:
-        if recorder is None:
-            return
-        await recorder.emit(  # not through _GateEvents: one kwargs hop less, every decision
+        await events.emit(
             GateDecision,
-            engine_id=ctx.engine_id,
-            pipeline_id=ctx.pipeline_id,
-            gpus=keys,
-            gate=condition.gate,
             passed=bool(v.passed),
             opened=opened,
             observed_bytes=v.observed,
@@ -315,12 +309,14 @@ async def run_gate(
 
 
 def _moved(before: tuple[int | None, ...], after: tuple[int | None, ...]) -> bool:
-    for a, b in zip(before, after):
-        if (a is None) != (b is None):
-            return True
-        if a is not None and b is not None and abs(a - b) > _MOVED_BYTES:
-            return True
-    return False
+    return any(_moved_one(a, b) for a, b in zip(before, after))
+
+
+def _moved_one(before: int | None, after: int | None) -> bool:
+    """One GPU's reading moved: it became (un)known, or changed by more than 1 MiB."""
+    if before is None or after is None:
+        return before is not after
+    return abs(before - after) > _MOVED_BYTES
 
 
 async def _sample_memory(round: ProbeRound, recorder: Recorder | None, ctx: GateContext) -> None:
@@ -331,13 +327,8 @@ async def _sample_memory(round: ProbeRound, recorder: Recorder | None, ctx: Gate
     for mem in round.memory:
         key = mem.device.key
         used = mem.used_bytes
-        if key in last:  # _moved() for one GPU, inlined: asked for every GPU of every round
-            prev = last[key]
-            if prev is None or used is None:
-                if prev is used:
-                    continue
-            elif abs(prev - used) <= _MOVED_BYTES:
-                continue
+        if key in last and not _moved_one(last[key], used):
+            continue
         last[key] = used
         await recorder.emit(
             MemorySample,
