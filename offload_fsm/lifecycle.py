@@ -125,10 +125,10 @@ class Step:
 class Lifecycle:
     """One engine's state machine. Synchronous and pure; not thread-safe by design.
 
-    Every lifecycle runs on one shared ``transitions`` machine (``_MACHINE``) with a model
-    of its own: transitions keeps a model's state on the model, so the states, events and
-    transitions need not be built again per engine (a machine each was ~22 KB, and a run's
-    working set grew with its engines)."""
+    Every lifecycle runs on one shared ``transitions`` machine (built by ``_build_machine``)
+    with a model of its own: transitions keeps a model's state on the model, so the states,
+    events and transitions need not be built again per engine (a machine each was ~22 KB,
+    and a run's working set grew with its engines)."""
 
     __slots__ = ("_model", "engine_id", "reason")
 
@@ -265,8 +265,9 @@ class _Machine(Machine):
         return found if found is not None else super().get_state(state)
 
 
-def _build_machine() -> tuple[_Machine, dict[Trigger, Any]]:
-    """The one machine every Lifecycle runs on (no model of its own), and its events."""
+def _build_machine() -> dict[Trigger, Any]:
+    """The events of the one machine every Lifecycle runs on (it has no model of its own;
+    each event holds the machine)."""
     transitions: list[dict[str, Any]] = []
     for (src, trig), dsts in _TABLE.items():
         for dst in sorted(dsts, key=lambda s: s.value):
@@ -286,7 +287,7 @@ def _build_machine() -> tuple[_Machine, dict[Trigger, Any]]:
         model_attribute="state",
     )
     events = machine.events
-    return machine, {t: events[t.value] for t in Trigger if t.value in events}
+    return {t: events[t.value] for t in Trigger if t.value in events}
 
 
 def _evidence_targets(dst: State) -> Any:
@@ -297,7 +298,7 @@ def _evidence_targets(dst: State) -> Any:
     return condition
 
 
-_MACHINE, _EVENTS = _build_machine()
+_EVENTS = _build_machine()
 
 
 def mermaid() -> str:
