@@ -13,13 +13,9 @@ from offload_fsm.deadlines import RoundDeadlines
 from offload_fsm.engine_spec import Engine
 from offload_fsm.errors import ProbeError
 from offload_fsm.events import AttributionReport
-from offload_fsm.probe.attribution import (
-    Attribution,
-    ProcessTable,
-    attribute,
-    resident_by_gpu,
-)
+from offload_fsm.probe.attribution import Attribution, attribute, resident_by_gpu
 from offload_fsm.probe.base import ProbeBackend, ProbeRound
+from offload_fsm.probe.processes import ProcessTable
 
 
 def engine_pids(eng: Engine, proc_root: str, table: ProcessTable | None = None) -> frozenset[int]:

@@ -43,13 +43,9 @@ from offload_fsm.group_wake_gate import wake_group_gate
 from offload_fsm.interruptions import failure_reason, gated_exit
 from offload_fsm.lifecycle import Evidence, Lifecycle, State, Trigger
 from offload_fsm.orchestrator_config import OrchestratorConfig
-from offload_fsm.probe.attribution import (
-    Attribution,
-    ProcessTable,
-    detect_pid_namespace,
-    read_process,
-)
+from offload_fsm.probe.attribution import Attribution
 from offload_fsm.probe.base import GpuDevice, ProbeBackend, ProbeRound, rounds_are_cheap
+from offload_fsm.probe.processes import ProcessTable, detect_pid_namespace, read_process
 from offload_fsm.probe.shared import SharedRounds
 
 

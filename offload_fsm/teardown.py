@@ -34,8 +34,8 @@ from offload_fsm.config import (
 )
 from offload_fsm.errors import ConfigError, EngineError
 from offload_fsm.gate import GateContext, GateResult, run_gate
-from offload_fsm.probe.attribution import ProcessTable
 from offload_fsm.probe.base import GpuDevice, ProbeBackend
+from offload_fsm.probe.processes import ProcessTable
 
 _POLL_S = 0.01
 

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from offload_fsm.errors import GateTimeout
-from offload_fsm.probe.attribution import ProcessTable
 from offload_fsm.probe.base import GIB
 from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
+from offload_fsm.probe.processes import ProcessTable
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "integration.md"
 ME = os.getpid()

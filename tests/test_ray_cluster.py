@@ -32,9 +32,9 @@ from offload_fsm.errors import (  # noqa: E402
 from offload_fsm.events import Event, GateDecision  # noqa: E402
 from offload_fsm.lifecycle import State  # noqa: E402
 from offload_fsm.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig  # noqa: E402
-from offload_fsm.probe.attribution import detect_pid_namespace  # noqa: E402
 from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend  # noqa: E402
 from offload_fsm.probe.fake import Fault  # noqa: E402
+from offload_fsm.probe.processes import detect_pid_namespace  # noqa: E402
 from offload_fsm.ray_support import (  # noqa: E402
     ACTOR_NAME_PREFIX,
     FakeNodeBackend,

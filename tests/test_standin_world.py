@@ -8,8 +8,8 @@ import pytest
 
 from offload_fsm.drivers.standin_world import build_standin_world, topologies_for
 from offload_fsm.lifecycle import State
-from offload_fsm.probe.attribution import ProcessTable
 from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
+from offload_fsm.probe.processes import ProcessTable
 
 
 def test_topologies_for_device_counts() -> None:

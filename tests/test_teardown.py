@@ -13,9 +13,9 @@ import pytest
 
 from offload_fsm.compat import miles
 from offload_fsm.errors import ConfigError, GateTimeout
-from offload_fsm.probe.attribution import ProcessTable, ProcInfo
 from offload_fsm.probe.base import GIB
 from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
+from offload_fsm.probe.processes import ProcessTable, ProcInfo
 from offload_fsm.teardown import _leaves_first, kill_tree_and_verify
 
 # root bash -> sleep, and bash -> sleep (a grandchild, as sglang::scheduler under its launcher)

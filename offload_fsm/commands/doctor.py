@@ -15,10 +15,10 @@ from typing import Any
 import anyio
 
 from offload_fsm.errors import ProbeError
-from offload_fsm.probe.attribution import HOST_PID_NAMESPACE, detect_pid_namespace
 from offload_fsm.probe.base import GpuDevice
 from offload_fsm.probe.devices import cuda_visible_order
 from offload_fsm.probe.nvml import NvmlBackend
+from offload_fsm.probe.processes import HOST_PID_NAMESPACE, detect_pid_namespace
 from offload_fsm.probe.smi import SmiBackend
 
 

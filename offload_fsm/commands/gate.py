@@ -35,9 +35,10 @@ from offload_fsm.config import (
 )
 from offload_fsm.errors import BackendUnavailable, DeviceUnhealthy, GateTimeout, GateUnmeasurable
 from offload_fsm.gate import GateContext, Verdict, run_gate
-from offload_fsm.probe.attribution import ProcessTable, attribute, detect_pid_namespace
+from offload_fsm.probe.attribution import attribute
 from offload_fsm.probe.base import ProbeBackend, ProbeRound
 from offload_fsm.probe.devices import resolve_devices
+from offload_fsm.probe.processes import ProcessTable, detect_pid_namespace
 from offload_fsm.probe.retry import RetryingProbe
 from offload_fsm.probe.select import BACKEND_NAMES, open_backend
 

@@ -65,9 +65,10 @@ from offload_fsm.errors import (
     ProbeTimeout,
 )
 from offload_fsm.gate import GateContext, run_gate
-from offload_fsm.probe.attribution import ProcessTable, detect_pid_namespace, resident_max
+from offload_fsm.probe.attribution import resident_max
 from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend, ProbeRound
 from offload_fsm.probe.devices import resolve_device, split_ids
+from offload_fsm.probe.processes import ProcessTable, detect_pid_namespace
 from offload_fsm.teardown import TeardownResult
 from offload_fsm.teardown import kill_tree_and_verify as _kill_tree_and_verify
 

@@ -111,7 +111,7 @@ async def run_configured(
 
     ``probe`` defaults to the machine's (``[run] backend``, else auto: NVML, nvidia-smi)."""
     from offload_fsm.drivers.config_world import build_config_world
-    from offload_fsm.probe.attribution import detect_pid_namespace
+    from offload_fsm.probe.processes import detect_pid_namespace
     from offload_fsm.probe.select import open_backend
 
     out = out or sys.stdout

@@ -17,8 +17,8 @@ from offload_fsm.adapters.standin import StandInEngine
 from offload_fsm.errors import ConfigError
 from offload_fsm.lifecycle import State
 from offload_fsm.orchestrator import EngineSpec
-from offload_fsm.probe.attribution import detect_pid_namespace
 from offload_fsm.probe.base import GpuDevice, ProbeBackend
+from offload_fsm.probe.processes import detect_pid_namespace
 from offload_fsm.topology import PipelineTopology
 
 

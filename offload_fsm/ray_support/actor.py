@@ -92,12 +92,12 @@ class ProbeActor:
 
     async def process_tree(self, root_pid: int) -> frozenset[int]:
         """``root_pid`` and its descendants in this node's ``/proc``."""
-        from offload_fsm.probe.attribution import ProcessTable
+        from offload_fsm.probe.processes import ProcessTable
 
         return ProcessTable.snapshot().tree(root_pid)
 
     async def pid_namespace(self) -> str:
-        from offload_fsm.probe.attribution import detect_pid_namespace
+        from offload_fsm.probe.processes import detect_pid_namespace
 
         return detect_pid_namespace()
 

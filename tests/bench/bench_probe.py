@@ -30,9 +30,10 @@ from typing import Any
 import anyio
 import psutil
 
-from offload_fsm.probe.attribution import ProcessTable, attribute, detect_pid_namespace
+from offload_fsm.probe.attribution import attribute
 from offload_fsm.probe.base import GIB, GpuDevice
 from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
+from offload_fsm.probe.processes import ProcessTable, detect_pid_namespace
 from offload_fsm.probe.retry import RetryingProbe
 from tests.probe.procfs import engine_tree_procs, make_proc
 

@@ -16,15 +16,11 @@ import pynvml
 import pytest
 
 from offload_fsm.adapters.standin_proc import StandIn
-from offload_fsm.probe.attribution import (
-    ProcessTable,
-    attribute,
-    detect_pid_namespace,
-    resident_max,
-)
+from offload_fsm.probe.attribution import attribute, resident_max
 from offload_fsm.probe.base import GIB, MIB, GpuDevice
 from offload_fsm.probe.devices import resolve_device
 from offload_fsm.probe.nvml import NvmlBackend
+from offload_fsm.probe.processes import ProcessTable, detect_pid_namespace
 from offload_fsm.probe.retry import RetryingProbe
 from offload_fsm.probe.smi import SmiBackend
 

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from offload_fsm.adapters.standin_proc import StandIn
-from offload_fsm.probe.attribution import ProcessTable
+from offload_fsm.probe.processes import ProcessTable
 
 
 def test_standin_tree_and_commands() -> None:
