@@ -8,7 +8,7 @@ import re
 import anyio
 import pytest
 
-from tests.bench import bench_scale, bench_shared_rounds
+from tests.bench import bench_core, bench_scale, bench_shared_rounds
 
 
 def test_shared_rounds_bench_shows_one_round_for_gates_polling_together(
@@ -55,3 +55,16 @@ def test_scale_bench_refuses_a_repeat_below_one(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("BENCH_REPEAT", "0")
     with pytest.raises(SystemExit, match="BENCH_REPEAT must be >= 1, got 0"):
         anyio.run(bench_scale.main)
+
+
+def test_core_bench_prints_lifecycle_memory_and_event_costs_beside_baselines(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bench_core.bench_costs(200, 1)
+    out = capsys.readouterr().out
+    shared = float(re.search(r"memory per Lifecycle \(one shared machine\)\s+([\d.]+) KiB", out)[1])  # type: ignore[index]
+    own = float(re.search(r"memory per engine with a Machine of its own\s+([\d.]+) KiB", out)[1])  # type: ignore[index]
+    assert shared * 10 < own  # the shared machine is what keeps an engine small
+    for kind in ("Transition", "GateDecision"):
+        assert re.search(rf"build a {kind} \(frozen, as shipped\), mean\s+[\d.]+ µs", out)
+    assert len(re.findall(r"build the same fields, not frozen, mean\s+[\d.]+ µs", out)) == 2

@@ -19,6 +19,7 @@ import platform
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,87 @@ def bench_transition(backends: Sequence[str], n: int, rounds: int) -> None:
                 f"{p50:7.2f} {p95:8.2f}",
                 "target <= 40 µs p50" if fire else "",
             )
+
+
+# --- 1b. what an engine's lifecycle and an event cost ----------------------------------
+
+
+def bytes_per(make: Callable[[int], object], count: int) -> float:
+    """Bytes allocated and kept per object, over ``count`` of them (tracemalloc)."""
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    kept = [make(i) for i in range(count)]
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(kept) == count
+    return (after - before) / count
+
+
+def machine_per_engine(i: int) -> object:
+    """The baseline: a transitions.Machine of its own per engine (same states and edges)."""
+
+    class Model:
+        pass
+
+    model = Model()
+    transitions.Machine(
+        model=model,
+        states=list(State),
+        transitions=[
+            {"trigger": t.value, "source": s, "dest": d}
+            for (s, t), dsts in TABLE.items()
+            for d in dsts
+        ],
+        initial=State.ACTIVE,
+        auto_transitions=False,
+    )
+    return model
+
+
+def unfrozen_copy(kind: type[Event]) -> type:
+    """The same fields as ``kind`` in a dataclass that is not frozen (the baseline)."""
+    fields = [
+        (f.name, f.type, dataclasses.field(default=f.default))
+        if f.default is not dataclasses.MISSING
+        else (f.name, f.type)
+        for f in dataclasses.fields(kind)
+    ]
+    return dataclasses.make_dataclass(f"Unfrozen{kind.__name__}", fields, slots=True, kw_only=True)
+
+
+EVENT_FIELDS: dict[type[Event], dict[str, Any]] = {
+    Transition: dict(
+        engine_id="e", pipeline_id="p", gpus=("g",), src="active", dst="releasing",
+        trigger="release", reason=None, evidence=None,
+    ),
+    GateDecision: dict(
+        engine_id="e", pipeline_id="p", gpus=("g",), gate="release", passed=True, opened=False,
+        observed_bytes=(1,), limit_bytes=2, settle_count=1, settle_required=3, attempt=1,
+        elapsed_s=0.1, detail="x",
+    ),
+}  # fmt: skip
+
+
+def bench_costs(n: int, rounds: int) -> None:
+    print("\n1b. what an engine's lifecycle and an event cost")
+    shared = bytes_per(lambda i: Lifecycle(f"e{i}"), 1_000)
+    own = bytes_per(machine_per_engine, 200)
+    row("memory per Lifecycle (one shared machine)", f"{shared / 1024:7.2f} KiB", "as shipped")
+    row("memory per engine with a Machine of its own", f"{own / 1024:7.2f} KiB", "baseline")
+    for kind, fields in EVENT_FIELDS.items():
+        plain = unfrozen_copy(kind)
+        frozen_us = min(
+            per_call_us(lambda k=kind, f=fields: k(seq=1, ts=1.0, run_id="r", **f), n)
+            for _ in range(rounds)
+        )
+        plain_us = min(
+            per_call_us(lambda k=plain, f=fields: k(seq=1, ts=1.0, run_id="r", **f), n)
+            for _ in range(rounds)
+        )
+        row(f"build a {kind.__name__} (frozen, as shipped), mean", f"{frozen_us:7.2f} µs")
+        row("build the same fields, not frozen, mean", f"{plain_us:7.2f} µs", "baseline")
 
 
 # --- 2. bus throughput ------------------------------------------------------------------
@@ -459,6 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     n, repeats = (2_000, 2) if args.quick else (10_000, 3)
     print(machine_info())
     bench_transition(("asyncio", "trio"), n, repeats)
+    bench_costs(n * 5, repeats)
     bench_bus(("asyncio", "trio"), n * 2, repeats)
     bench_codec(n * 2, repeats)
     return 0
