@@ -34,6 +34,7 @@ def test_scale_bench_prints_the_cycle_and_its_baselines(
     anyio.run(bench_scale.main)
     out = capsys.readouterr().out
     assert "fastest of 2 runs each" in out
+    assert re.search(r"max RSS so far [\d.]+ MiB\)$", out, re.M)
     names = [v.name for v in (bench_scale.SHIPPED, *bench_scale.BASELINES)]
     for name in names:
         assert re.search(

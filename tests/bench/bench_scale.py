@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import resource
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -280,6 +281,13 @@ async def cycle(
     return best
 
 
+def max_rss_mib() -> float:
+    """This process's peak resident memory so far: with sizes run smallest first, the
+    largest run's peak."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes vs KiB
+
+
 def ref_loop_ms() -> float:
     """Milliseconds a fixed pure-Python loop takes now (the fastest of 5): the machine's
     speed at this moment, printed beside the figures."""
@@ -318,7 +326,8 @@ async def main() -> None:
         base = base or per_gpu
         print(
             f"{_row(n, fig)}   (x{per_gpu / base:.2f} per GPU vs smallest; "
-            f"ref loop {before:.1f}/{ref_loop_ms():.1f} ms before/after)"
+            f"ref loop {before:.1f}/{ref_loop_ms():.1f} ms before/after; "
+            f"max RSS so far {max_rss_mib():.1f} MiB)"
         )
         sys.stdout.flush()
     if os.environ.get("BENCH_BASELINES", "1") == "0":
