@@ -8,7 +8,7 @@ import re
 import anyio
 import pytest
 
-from tests.bench import bench_core, bench_scale, bench_shared_rounds
+from tests.bench import bench_core, bench_scale, bench_shared_rounds, count_instructions
 
 
 def test_shared_rounds_bench_shows_one_round_for_gates_polling_together(
@@ -69,3 +69,15 @@ def test_core_bench_prints_lifecycle_memory_and_event_costs_beside_baselines(
     for kind in ("Transition", "GateDecision"):
         assert re.search(rf"build a {kind} \(frozen, as shipped\), mean\s+[\d.]+ µs", out)
     assert len(re.findall(r"build the same fields, not frozen, mean\s+[\d.]+ µs", out)) == 2
+
+
+def test_count_instructions_counts_more_calls_for_more_steps_and_names_a_missing_valgrind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    short = count_instructions.calls(1, 1, "auto")
+    assert count_instructions.calls(1, 2, "auto") > short > 0
+    monkeypatch.setattr(count_instructions.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match="valgrind is not installed"):
+        count_instructions.instructions(1, 1, "auto")
+    with pytest.raises(SystemExit):
+        count_instructions.main(["--nodes", "0"])
