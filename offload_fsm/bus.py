@@ -26,6 +26,7 @@ import anyio.lowlevel
 
 from offload_fsm.clock import Clock, RealClock
 from offload_fsm.events import Event
+from offload_fsm.oneshot import checkpoint
 
 E = TypeVar("E", bound=Event)
 
@@ -104,7 +105,7 @@ class Subscription:
         self._streak += 1
         if self._streak >= _YIELD_EVERY:
             self._streak = 0
-            await anyio.lowlevel.checkpoint()
+            await checkpoint()
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
@@ -112,7 +113,7 @@ class Subscription:
                 return self._pop()
             self._streak = 0
             if self._ended:
-                await anyio.lowlevel.checkpoint()  # still a cancellation point at the end
+                await checkpoint()  # still a cancellation point at the end
                 if self._buffer or self._closed:
                     continue
                 raise anyio.EndOfStream

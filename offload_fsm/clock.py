@@ -21,7 +21,7 @@ import anyio
 import anyio.lowlevel
 
 from offload_fsm.idle import wait_all_tasks_blocked
-from offload_fsm.oneshot import OneShot, one_shot, running_asyncio_loop
+from offload_fsm.oneshot import OneShot, checkpoint, one_shot, running_asyncio_loop
 
 
 class Clock(Protocol):
@@ -171,7 +171,7 @@ class VirtualClock:
     async def sleep_or_wake(self, seconds: float, token: WakeToken | None) -> bool:
         """Sleep ``seconds`` of virtual time; True when ``token`` woke it earlier."""
         if not seconds > 0:
-            await anyio.lowlevel.checkpoint()
+            await checkpoint()
             return False
         # A sleep too small to move a float still moves time: a loop sleeping "deadline
         # minus elapsed" must not spin at one instant forever.
@@ -191,7 +191,7 @@ class VirtualClock:
                     return False
                 if me.woken:
                     self._leave(me)
-                    await anyio.lowlevel.checkpoint()
+                    await checkpoint()
                     return True
                 if self._head() is me:
                     idle = await _all_tasks_blocked(me)

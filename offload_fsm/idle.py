@@ -14,7 +14,7 @@ import selectors
 import weakref
 from typing import Any
 
-import anyio
+from offload_fsm.oneshot import checkpoint
 
 
 async def wait_all_tasks_blocked() -> None:
@@ -36,7 +36,7 @@ async def wait_all_tasks_blocked() -> None:
         # same batch as ours: then the loop is not idle after all.
         if not ready:
             return
-        await anyio.lowlevel.checkpoint()
+        await checkpoint()
 
 
 class _IdleSelector:

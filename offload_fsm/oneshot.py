@@ -4,7 +4,8 @@
 (a future per waiter): ``python -m tests.bench.bench_clock`` times the difference. The
 virtual clock's sleepers and shared probe rounds make one per wait, so they use these.
 One waiter each: on asyncio, a waiter that is cancelled cancels the future it awaits.
-``checkpoint()`` is anyio's, minus its backend lookup.
+``checkpoint()`` is anyio's, minus its backend lookup: the library's own yields (clock, bus,
+idle detection, shared rounds) use it.
 """
 
 from __future__ import annotations
