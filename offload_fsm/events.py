@@ -13,9 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from offload_fsm.frozen_init import fast_frozen_init
+
 SCHEMA_VERSION = 1
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
     """Fields every kind carries; ``kind`` itself is written first in each JSON line."""
@@ -33,6 +36,7 @@ class Event:
 # --- run ----------------------------------------------------------------------------------
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunStarted(Event):
     """First event of a run: what the run was configured with (replay reads its topology)."""
@@ -46,6 +50,7 @@ class RunStarted(Event):
     command: str = ""  # the command line that started the run
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EngineRegistered(Event):
     """An engine (or trainer) joined the run: its GPUs and process root."""
@@ -59,6 +64,7 @@ class EngineRegistered(Event):
     share_group: str | None = None
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunFinished(Event):
     """Last event of a run (a log without it was cut off)."""
@@ -68,6 +74,7 @@ class RunFinished(Event):
     reason: str | None = None  # why the run failed or was cancelled
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PhaseChanged(Event):
     """A driver's progress marker (rollout, shrink, train, expand ...)."""
@@ -80,6 +87,7 @@ class PhaseChanged(Event):
 # --- lifecycle ----------------------------------------------------------------------------
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Transition(Event):
     """An engine's lifecycle moved from ``src`` to ``dst`` (see docs/lifecycle.md)."""
@@ -95,6 +103,7 @@ class Transition(Event):
 # --- probes -------------------------------------------------------------------------------
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemorySample(Event):
     """Whole-device memory of one GPU (``gpus`` has one entry) in one probe round."""
@@ -107,6 +116,7 @@ class MemorySample(Event):
     reserved_bytes: int | None = None  # memory the driver reserves (NVML v2 only)
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProbeRetry(Event):
     """A probe call failed in a way that may pass on retry; the next try follows ``delay_s``."""
@@ -118,6 +128,7 @@ class ProbeRetry(Event):
     delay_s: float  # backoff before the next attempt, in seconds
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProbeGaveUp(Event):
     """A probe failed past its retries (or could not be retried); memory is unknown."""
@@ -129,6 +140,7 @@ class ProbeGaveUp(Event):
     error_type: str  # the last error's class name
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProcessEntry:
     """One GPU process in an attribution report."""
@@ -139,6 +151,7 @@ class ProcessEntry:
     owner: str  # an engine id, "foreign" or "unknown"
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AttributionReport(Event):
     """Who holds the memory on ``gpus`` (tuples are aligned with ``gpus``)."""
@@ -155,6 +168,7 @@ class AttributionReport(Event):
 # --- gates --------------------------------------------------------------------------------
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GateDecision(Event):
     """One evaluation of a probe gate over one round (``observed_bytes`` aligned with gpus)."""
@@ -172,6 +186,7 @@ class GateDecision(Event):
     detail: str = ""  # free text, e.g. which GPU is over the limit
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GateFailOpen(Event):
     """LOUD: a gate opened without a measurement because the caller chose fail-open."""
@@ -182,6 +197,7 @@ class GateFailOpen(Event):
     elapsed_s: float  # seconds since the gate started waiting
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GateTimedOut(Event):
     """A gate's condition did not hold (settled) before its deadline; the gate stayed closed."""
@@ -197,6 +213,7 @@ class GateTimedOut(Event):
 # --- engine calls ---------------------------------------------------------------------------
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdapterCallStarted(Event):
     """offload_fsm called an engine or trainer (release, resume, health ...)."""
@@ -206,6 +223,7 @@ class AdapterCallStarted(Event):
     detail: str = ""  # free text, e.g. the tags released
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdapterCallFinished(Event):
     """An engine or trainer call returned successfully."""
@@ -216,6 +234,7 @@ class AdapterCallFinished(Event):
     detail: str = ""  # free text, e.g. what the engine answered
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdapterCallFailed(Event):
     """An engine or trainer call failed or timed out (the engine is then moved to failed)."""

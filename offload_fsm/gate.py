@@ -33,9 +33,11 @@ from offload_fsm.errors import (
     ProbeError,
 )
 from offload_fsm.events import GateDecision, GateFailOpen, GateTimedOut, MemorySample
+from offload_fsm.frozen_init import fast_frozen_init
 from offload_fsm.probe.base import MIB, GpuDevice, ProbeBackend, ProbeRound
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """One round judged. ``passed`` None: the round could not be measured (never a pass)."""
@@ -343,6 +345,7 @@ async def _sample_memory(round: ProbeRound, recorder: Recorder | None, ctx: Gate
         )
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class _GateEvents:
     """Emits one gate run's events, each stamped with whose gate it is and on which GPUs."""

@@ -21,6 +21,7 @@ import transitions
 from transitions import Machine, MachineError
 
 from offload_fsm.errors import IllegalTransition
+from offload_fsm.frozen_init import fast_frozen_init
 
 
 class State(str, enum.Enum):
@@ -111,6 +112,7 @@ class Evidence:
             raise ValueError("recover evidence must say what was observed")
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class Step:
     """One transition that happened."""
