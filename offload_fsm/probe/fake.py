@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from offload_fsm.clock import Clock, RealClock
@@ -35,6 +34,8 @@ from offload_fsm.probe.fake_backend import FakeBackend as FakeBackend
 from offload_fsm.probe.fake_backend import Fault as Fault
 
 DeviceRef = int | str | GpuDevice
+_NONE: dict[int, int] = {}  # no usage on a device (read only)
+_MAX_PLANS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +133,8 @@ class FakeGpus:
         self._sources: list[Callable[[], Iterable[tuple[int, str, int]]]] = []
         self._any_device_sources: list[int] = []
         self._sources_by_key: dict[str, list[int]] = {}
+        self._plans: dict[tuple[str, ...], tuple[int, ...]] = {}  # device keys -> sources read
+        self._usage_by_key: dict[str, dict[int, int]] = {}  # _usage by device key: pid -> bytes
         if isinstance(reserved_bytes, int):
             self._reserved = {d.key: reserved_bytes for d in self.devices}
         else:
@@ -158,6 +161,7 @@ class FakeGpus:
         devices its rows name (snapshots of other devices then skip it); None: any."""
         index = len(self._sources)
         self._sources.append(source)
+        self._plans.clear()
         if devices is None:
             self._any_device_sources.append(index)
             return
@@ -174,29 +178,57 @@ class FakeGpus:
 
     def _store(self, entry: tuple[int, str], nbytes: int) -> None:
         nbytes = max(nbytes, self._floors.get(entry, 0))
+        pid, key = entry
         if nbytes == 0:
             self._usage.pop(entry, None)
+            on_device = self._usage_by_key.get(key)
+            if on_device is not None:
+                on_device.pop(pid, None)
         else:
             self._usage[entry] = nbytes
+            self._usage_by_key.setdefault(key, {})[pid] = nbytes
 
-    def _entries(self, keys: AbstractSet[str] | None = None) -> dict[tuple[int, str], int]:
+    def _entries(self) -> dict[tuple[int, str], int]:
+        """Every (pid, device key) -> bytes, sources included."""
         if self._timelines:
             self._settle_timelines(self.clock.now())
         if not self._sources:
             return self._usage
         merged = dict(self._usage)
-        if keys is None:
-            chosen: Iterable[int] = range(len(self._sources))
-        else:
-            picked = set(self._any_device_sources)
-            for key in keys:
-                picked.update(self._sources_by_key.get(key, ()))
-            chosen = sorted(picked)  # the order they were added, as for all of them
-        for index in chosen:
-            for pid, key, nbytes in self._sources[index]():
+        for source in self._sources:
+            for pid, key, nbytes in source():
                 if nbytes > 0:
                     merged[(pid, key)] = merged.get((pid, key), 0) + nbytes
         return merged
+
+    def _rows_by_key(self, keys: tuple[str, ...]) -> dict[str, dict[int, int]]:
+        """pid -> bytes on each of ``keys``, reading only the sources that name them (at
+        scale, scanning every source of the node, or every row of the ledger, was the
+        simulator's largest cost)."""
+        if self._timelines:
+            self._settle_timelines(self.clock.now())
+        usage = self._usage_by_key
+        by_key = {key: dict(usage.get(key, _NONE)) for key in keys}
+        plan = self._plans.get(keys)
+        if plan is None:
+            plan = self._plan(keys)
+        sources = self._sources
+        for index in plan:
+            for pid, key, nbytes in sources[index]():
+                on_device = by_key.get(key)
+                if on_device is not None and nbytes > 0:
+                    on_device[pid] = on_device.get(pid, 0) + nbytes
+        return by_key
+
+    def _plan(self, keys: tuple[str, ...]) -> tuple[int, ...]:
+        """The sources a snapshot of ``keys`` reads, in the order they were added."""
+        picked = set(self._any_device_sources)
+        for key in keys:
+            picked.update(self._sources_by_key.get(key, ()))
+        if len(self._plans) >= _MAX_PLANS:  # device sets are few; never grow without end
+            self._plans.clear()
+        plan = self._plans[keys] = tuple(sorted(picked))
+        return plan
 
     def device(self, ref: DeviceRef) -> GpuDevice:
         if isinstance(ref, GpuDevice):
@@ -343,20 +375,16 @@ class FakeGpus:
     # --- reading -----------------------------------------------------------------------------
 
     def snapshot(self, devices: Sequence[GpuDevice]) -> ProbeRound:
-        by_device: dict[str, list[tuple[int, int]]] = {d.key: [] for d in devices}
-        for (pid, key), nbytes in self._entries(by_device.keys()).items():
-            rows = by_device.get(key)
-            if rows is not None:
-                rows.append((pid, nbytes))
+        keys = tuple(d.key for d in devices)
+        by_key = self._rows_by_key(keys)
         memory: list[DeviceMemory] = []
         processes: list[GpuProcess] = []
-        for dev in devices:
-            rows = by_device[dev.key]
-            rows.sort()
-            mem, procs = self._device_view(dev, tuple(rows))
+        for dev, key in zip(devices, keys):
+            mem, procs = self._device_view(dev, tuple(sorted(by_key[key].items())))
             memory.append(mem)
             processes.extend(procs)
-        unknown = tuple(d.key for d in devices if d.key in self._hidden_lists)
+        hidden = self._hidden_lists
+        unknown = tuple(key for key in keys if key in hidden) if hidden else ()
         return ProbeRound(
             "fake",
             self.clock.now(),

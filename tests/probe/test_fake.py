@@ -208,3 +208,26 @@ def test_fault_validation() -> None:
         Fault.transient("GPU is lost")
     with pytest.raises(ValueError):
         Fault.hang(-1)
+
+
+def test_snapshot_reads_sources_added_after_a_snapshot_and_sums_them_with_the_ledger(
+    gpus: FakeGpus,
+) -> None:
+    a, b = gpus.devices
+    gpus.set_usage(10, a, 1 * GIB)
+    gpus.set_usage(11, b, 4 * GIB)
+    first = gpus.snapshot([a])
+    assert [(p.pid, p.used_bytes) for p in first.processes] == [(10, 1 * GIB)]
+    # Sources: one for device a only, one for any device; a pid in both ledger and source
+    # is summed, a zero row is not a process, rows for devices not asked about are left out.
+    gpus.add_source(lambda: [(10, a.key, 2 * GIB), (12, a.key, 0)], devices=[a])
+    gpus.add_source(lambda: [(13, a.key, 3 * GIB), (14, b.key, 5 * GIB)])
+    again = gpus.snapshot([a])
+    assert [(p.pid, p.used_bytes) for p in again.processes] == [(10, 3 * GIB), (13, 3 * GIB)]
+    assert again.memory[0].used_bytes == 6 * GIB
+    both = gpus.snapshot([b, a])
+    assert [m.device for m in both.memory] == [b, a]
+    assert [(p.device, p.pid) for p in both.processes] == [(b, 11), (b, 14), (a, 10), (a, 13)]
+    gpus.set_usage(11, b, 0)  # leaves the ledger and every later snapshot
+    assert [p.pid for p in gpus.snapshot([b]).processes] == [14]
+    assert gpus.used(a) == 6 * GIB and gpus.used(b) == 5 * GIB
