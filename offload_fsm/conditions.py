@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -11,7 +12,10 @@ from offload_fsm.probe.attribution import resident_by_gpu
 from offload_fsm.probe.base import GIB, GpuDevice, ProbeRound
 
 
+@functools.lru_cache(maxsize=4096)
 def gib(nbytes: int | None) -> str:
+    # Cached: every gate decision's detail formats its threshold and readings, and they
+    # repeat: a cache lookup is cheaper than formatting a float.
     return "unknown" if nbytes is None else f"{nbytes / GIB:.2f} GiB"
 
 

@@ -29,14 +29,18 @@ class GpuDevice:
     node: str | None = None  # set for GPUs on other Ray nodes
 
     key: str = field(init=False, repr=False, compare=False)  # node-qualified uuid
+    _label: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Computed once: keys are compared on every probe round and gate decision.
+        # Computed once: keys are compared on every probe round, and labels written in
+        # every gate decision's detail.
         object.__setattr__(self, "key", f"{self.node}/{self.uuid}" if self.node else self.uuid)
+        label = f"{self.node}/gpu{self.index}" if self.node else f"gpu{self.index}"
+        object.__setattr__(self, "_label", label)
 
     def label(self) -> str:
         """Short human label: ``gpu0`` or ``node-a/gpu0``."""
-        return f"{self.node}/gpu{self.index}" if self.node else f"gpu{self.index}"
+        return self._label
 
 
 @fast_frozen_init

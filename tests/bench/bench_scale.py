@@ -72,13 +72,14 @@ class RoutedProbe:
         return tuple(out)
 
     async def probe(self, devices: Sequence[GpuDevice]) -> ProbeRound:
+        node = devices[0].node if devices else None
+        if all(dev.node == node for dev in devices):  # the common case: one node's GPUs
+            self.node_rounds += 1
+            return await self.backends[node].probe(devices)
         by_node: dict[str | None, list[GpuDevice]] = {}
         for dev in devices:
             by_node.setdefault(dev.node, []).append(dev)
         self.node_rounds += len(by_node)
-        if len(by_node) == 1:  # the common case: an engine lives on one node
-            ((node, devs),) = by_node.items()
-            return await self.backends[node].probe(devs)
         rounds: dict[str, ProbeRound] = {}
 
         async def one(node: str | None, devs: list[GpuDevice]) -> None:
