@@ -182,7 +182,11 @@ class VirtualClock:
         before = self._head()
         heapq.heappush(self._heap, (me.deadline, me.seq, me))
         self._live += 1
-        if before is not None and me < before and before.idle_scope is not None:
+        if (
+            before is not None
+            and (me.deadline, me.seq) < (before.deadline, before.seq)
+            and before.idle_scope is not None
+        ):
             before.idle_scope.cancel()  # we are the watcher now
         try:
             while True:
@@ -217,13 +221,12 @@ class VirtualClock:
                     self._release_due()
                     self._wake_head()
                     return False
+                # Not the head (checked above, nothing ran since): wait for our turn.
                 me.event = one_shot()
-                if self._head() is not me and not me.woken:
-                    await me.event.wait()
+                await me.event.wait()
                 me.event = None
         except BaseException:  # cancelled: drop our deadline (lazily: O(1)), pass the watch on
             self._leave(me)
-            self._wake_head()
             if me.due:  # a link of the due chain: the rest must still wake
                 self._wake_next_due()
             raise
@@ -303,8 +306,7 @@ class VirtualClock:
         if not me.gone:
             me.gone = True
             self._live -= 1
-        if self._head() is None or self._head() is not me:
-            self._wake_head()
+        self._wake_head()  # never ``me``: the heap drops gone entries from its top
 
     def _move_to(self, when: float) -> None:
         if when > self._now:

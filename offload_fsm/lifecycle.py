@@ -235,8 +235,17 @@ class _Transition(transitions.Transition):
 
 
 class _Event(transitions.Event):
-    """transitions' Event, minus the walk and log of machine ``prepare_event`` callbacks
-    when there are none."""
+    """transitions' Event, minus the walks and logs of machine ``prepare_event`` and
+    ``finalize_event`` callbacks when there are none."""
+
+    def _trigger(self, event_data: Any) -> bool:
+        machine = self.machine
+        if machine.finalize_event or machine.on_exception:
+            return bool(super()._trigger(event_data))
+        event_data.state = machine.get_model_state(event_data.model)
+        if self._is_valid_source(event_data.state):  # raises MachineError where invalid
+            self._process(event_data)
+        return bool(event_data.result)
 
     def _process(self, event_data: Any) -> bool:
         if self.machine.prepare_event:
