@@ -122,6 +122,24 @@ class Subscription:
                 reader = self._reader = anyio.Event()
             await reader.wait()
 
+    def take_queued(self) -> list[Event]:
+        """Up to ``_YIELD_EVERY`` events already queued, without waiting (empty when none):
+        a subscriber that has just received one drains the rest in a loop, not a step of
+        ``async for`` each. It counts towards the next forced yield, as ``receive`` does."""
+        buffer = self._buffer
+        if self._closed or not buffer:
+            return []
+        room = _YIELD_EVERY - 1 - self._streak
+        if room <= 0:
+            return []
+        taken = [buffer.popleft() for _ in range(min(room, len(buffer)))]
+        self._streak += len(taken)
+        space = self._space
+        if space is not None:
+            self._space = None
+            space.set()
+        return taken
+
     def _pop(self) -> Event:
         """The oldest queued event (there is one); a publisher waiting for room may go on."""
         event = self._buffer.popleft()

@@ -345,3 +345,40 @@ def test_emit_now_defers_to_a_subclass_that_watches_emit() -> None:
     watching = Watching(bus, "r", VirtualClock())
     assert watching.emit_now(PhaseChanged, pipeline_id="p", step=1, phase="train") is None
     assert watching.last is None
+
+
+async def test_take_queued_drains_what_is_queued_up_to_the_yield_budget() -> None:
+    bus = EventBus()
+    sub = bus.subscribe("s", capacity=100)
+    assert sub.take_queued() == []  # nothing queued: nothing, without waiting
+    for i in range(1, 41):
+        await bus.publish(ev(i))
+    first = await sub.receive()
+    rest = sub.take_queued()
+    # receive() counted one; the batch fills the budget before the next forced yield.
+    assert [first.seq, *seqs(rest)] == list(range(1, 32))
+    assert sub.take_queued() == []  # budget spent: the next receive() yields first
+    assert (await sub.receive()).seq == 32
+    assert seqs(sub.take_queued()) == list(range(33, 41))
+    sub.close()
+    await bus.publish(ev(41))
+    assert sub.take_queued() == []
+
+
+async def test_take_queued_lets_a_publisher_waiting_for_room_go_on() -> None:
+    bus = EventBus()
+    sub = bus.subscribe("s", capacity=2)
+    published: list[int] = []
+
+    async def publish_three() -> None:
+        for i in (1, 2, 3):
+            await bus.publish(ev(i))
+            published.append(i)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(publish_three)
+            await wait_until(lambda: published == [1, 2])  # blocked on the third
+            assert seqs(sub.take_queued()) == [1, 2]
+            await wait_until(lambda: published == [1, 2, 3])
+    assert seqs(sub.take_queued()) == [3]

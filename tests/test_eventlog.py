@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gc
+import os
 import tracemalloc
 from pathlib import Path
 
 import anyio
 import pytest
 
-from offload_fsm import codec
+from offload_fsm import codec, eventlog
 from offload_fsm.bus import EventBus, Recorder
 from offload_fsm.clock import VirtualClock
 from offload_fsm.errors import ConfigError, EventDecodeError, EventLogError
@@ -118,6 +119,29 @@ async def test_writer_is_a_bus_subscriber(tmp_path: Path) -> None:
             bus.close()
     assert log.written == 20
     assert load_events(log.path)[0] == published
+
+
+async def test_writer_writes_a_queued_backlog_in_few_system_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[int] = []
+    real_write = os.write
+
+    def counting_write(fd: int, data: bytes | memoryview) -> int:
+        writes.append(bytes(data).count(b"\n"))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(eventlog.os, "write", counting_write)
+    bus = EventBus()
+    sub = bus.subscribe("eventlog", capacity=100)
+    for e in events(70):  # queued before the writer runs: one backlog
+        await bus.publish(e)
+    bus.close()
+    with anyio.fail_after(5), EventLogWriter(tmp_path / "r.jsonl") as log:
+        await log.run(sub)
+    assert load_events(log.path)[0] == events(70)
+    assert log.written == sum(writes) == 70
+    assert len(writes) == 3  # batches of at most 32 (the subscriber's yield budget)
 
 
 async def test_writer_with_fsync_writes_every_event(tmp_path: Path) -> None:

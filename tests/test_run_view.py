@@ -85,3 +85,37 @@ async def test_an_unkeyed_waiter_rechecks_on_every_event() -> None:
 async def test_watching_nothing_is_refused() -> None:
     with pytest.raises(ValueError, match="watch names no engine"):
         await RunView().wait_until(lambda v: False, ())
+
+
+async def test_follow_applies_every_event_in_order_and_calls_on_event() -> None:
+    from offload_fsm.bus import EventBus
+
+    bus = EventBus()
+    sub = bus.subscribe("view", capacity=1000)
+    view = RunView()
+    seen: list[int] = []
+    for e in ("a", "b"):
+        await bus.publish(registered(e))
+    for i in range(100):  # more than one batch
+        await bus.publish(moved("a" if i % 2 else "b", "slept" if i < 99 else "gated"))
+    bus.close()
+    await view.follow(sub, lambda event: seen.append(len(seen)))
+    assert view.events_seen == len(seen) == 102
+    assert (view.engines["a"].transitions, view.engines["b"].transitions) == (50, 50)
+    assert (view.engines["a"].state, view.engines["b"].state) == ("gated", "slept")
+
+
+def test_a_subclass_of_an_event_kind_updates_the_view_as_that_kind() -> None:
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True, slots=True, kw_only=True)
+    class TaggedTransition(Transition):
+        tag: str = "x"
+
+    view = RunView()
+    view.apply(registered("a"))
+    view.apply(TaggedTransition(seq=0, ts=0.0, run_id="r", engine_id="a", src="active",
+                                dst="releasing", trigger="release"))  # fmt: skip
+    assert (view.engines["a"].state, view.engines["a"].transitions) == ("releasing", 1)
+    view.apply(PhaseChanged(seq=0, ts=0.0, run_id="r", pipeline_id="p", step=3, phase="train"))
+    assert view.phases == {"p": (3, "train")}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
@@ -43,29 +44,40 @@ class RunView:
 
     def apply(self, event: Event) -> None:
         self.events_seen += 1
-        if isinstance(event, EngineRegistered):
-            self.engines[event.engine_id or ""] = EngineView(
-                event.engine_id or "", event.pipeline_id, event.gpus, event.initial_state
-            )
-        elif isinstance(event, Transition):
-            ev = self.engines.get(event.engine_id or "")
-            if ev is not None:
-                ev.state = event.dst
-                ev.transitions += 1
-                if event.dst != "gated":
-                    ev.gate_detail = ""
-        elif isinstance(event, GateDecision) and event.gate == "wake":
-            ev = self.engines.get(event.engine_id or "")
-            if ev is not None:
-                ev.gate_detail = event.detail
-        elif isinstance(event, PhaseChanged):
-            self.phases[event.pipeline_id or ""] = (event.step, event.phase)
+        kind = type(event)
+        update = _UPDATES.get(kind, _UNKNOWN)
+        if update is _UNKNOWN:
+            update = _UPDATES[kind] = _update_for(kind)
+        if update is not None:
+            update(self, event)
         if self._changed is not None:
             self._changed.set()
             self._changed = None
         if self._watchers and event.engine_id is not None:
             for woken in self._watchers.pop(event.engine_id, ()):
                 woken.set()
+
+    def _registered(self, event: EngineRegistered) -> None:
+        self.engines[event.engine_id or ""] = EngineView(
+            event.engine_id or "", event.pipeline_id, event.gpus, event.initial_state
+        )
+
+    def _transition(self, event: Transition) -> None:
+        ev = self.engines.get(event.engine_id or "")
+        if ev is not None:
+            ev.state = event.dst
+            ev.transitions += 1
+            if event.dst != "gated":
+                ev.gate_detail = ""
+
+    def _gate_decision(self, event: GateDecision) -> None:
+        if event.gate == "wake":
+            ev = self.engines.get(event.engine_id or "")
+            if ev is not None:
+                ev.gate_detail = event.detail
+
+    def _phase(self, event: PhaseChanged) -> None:
+        self.phases[event.pipeline_id or ""] = (event.step, event.phase)
 
     def states_on(self, gpus: set[str], pipeline: str | None = None) -> dict[str, str]:
         return {
@@ -105,7 +117,28 @@ class RunView:
     async def follow(
         self, sub: Subscription, on_event: Callable[[Event], None] | None = None
     ) -> None:
-        async for event in sub:
-            self.apply(event)
-            if on_event is not None:
-                on_event(event)
+        async for first in sub:
+            for event in (first, *sub.take_queued()):  # what else is queued, in one step
+                self.apply(event)
+                if on_event is not None:
+                    on_event(event)
+
+
+# What each event kind changes in a RunView (None: nothing but the waiters): looked up by
+# the event's type, one dict access instead of an isinstance chain per event. Subclasses of
+# these kinds are added on first sight (``_update_for``).
+_UPDATE_BY_KIND: tuple[tuple[type[Event], Callable[[RunView, Any], None]], ...] = (
+    (EngineRegistered, RunView._registered),
+    (Transition, RunView._transition),
+    (GateDecision, RunView._gate_decision),
+    (PhaseChanged, RunView._phase),
+)
+_UPDATES: dict[type[Event], Callable[[RunView, Any], None] | None] = dict(_UPDATE_BY_KIND)
+_UNKNOWN: Any = object()  # a kind not seen yet
+
+
+def _update_for(kind: type[Event]) -> Callable[[RunView, Any], None] | None:
+    for base, update in _UPDATE_BY_KIND:
+        if issubclass(kind, base):
+            return update
+    return None
