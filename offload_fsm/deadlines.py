@@ -89,13 +89,21 @@ class RoundDeadlines:
     than a simulated round itself. A scope that
     expired cannot be re-armed, so it is left and replaced. Use it as ``with`` in the task
     that awaits; ``await rounds.run(seconds, fn, *args)`` raises ``TimeoutError`` like
-    :func:`deadline`."""
+    :func:`deadline`.
 
-    __slots__ = ("_clock", "_scope")
+    On a :class:`VirtualClock` one clock timer serves the series: disarming leaves it
+    pending, and an await whose deadline is not earlier than the timer's keeps it (when it
+    fires early, it looks at the await armed then: none, or one not due yet, re-arms it).
+    A timer per await cost a clock entry made and cancelled for every call and round.
+    """
+
+    __slots__ = ("_clock", "_scope", "_timer", "_until")
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._scope: anyio.CancelScope | None = None
+        self._timer: _Sleeper | None = None  # VirtualClock: the pending timer, if any
+        self._until: float | None = None  # VirtualClock: the armed await's deadline
 
     def __enter__(self) -> RoundDeadlines:
         self._open()
@@ -108,6 +116,9 @@ class RoundDeadlines:
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._scope is not None
+        if self._timer is not None:  # nothing is armed past the series
+            self._timer.cancel()
+            self._timer = None
         return self._scope.__exit__(exc_type, exc, tb)
 
     def _open(self) -> None:
@@ -117,10 +128,10 @@ class RoundDeadlines:
     async def run(self, seconds: float, fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
         clock, scope = self._clock, self._scope
         assert scope is not None, "RoundDeadlines.run outside its with block"
-        if isinstance(clock, VirtualClock):
-            timer: _Sleeper | None = clock.call_later(seconds, scope.cancel)
+        virtual = isinstance(clock, VirtualClock)
+        if virtual:
+            self._arm(clock, seconds)  # type: ignore[arg-type]
         elif not getattr(clock, "virtual", False):
-            timer = None
             scope.deadline = anyio.current_time() + seconds
         else:  # another virtual clock: a deadline of its own (a watchdog task)
             async with deadline(clock, seconds):
@@ -128,22 +139,42 @@ class RoundDeadlines:
         try:
             result = await fn(*args)
         except BaseException as exc:
-            self._disarm(scope, timer)  # every way out: an armed timer would cut what follows
+            self._disarm(scope, virtual)  # every way out: an armed await would cut what follows
             if not scope.cancel_called:
                 raise
             swallowed = self._replace(exc)
             if swallowed:  # the cancellation was this deadline's alone
                 raise TimeoutError(f"deadline of {seconds:g} s passed") from None
             raise
-        self._disarm(scope, timer)
+        self._disarm(scope, virtual)
         if scope.cancel_called:  # expired as the await returned: the scope is spent
             self._replace(None)
         return result
 
-    @staticmethod
-    def _disarm(scope: anyio.CancelScope, timer: _Sleeper | None) -> None:
-        if timer is not None:
-            timer.cancel()
+    def _arm(self, clock: VirtualClock, seconds: float) -> None:
+        until = self._until = clock.now() + max(0.0, seconds)
+        timer = self._timer
+        if timer is None or timer.gone or timer.deadline > until:
+            if timer is not None:
+                timer.cancel()
+            self._timer = clock.call_later(until - clock.now(), self._expire)
+
+    def _expire(self) -> None:
+        """The timer fired: cut the armed await if its deadline has come, else wait on."""
+        self._timer = None
+        until = self._until
+        if until is None or self._scope is None:  # nothing armed now
+            return
+        clock = self._clock
+        assert isinstance(clock, VirtualClock)
+        if clock.now() >= until:
+            self._scope.cancel()
+        else:
+            self._timer = clock.call_later(until - clock.now(), self._expire)
+
+    def _disarm(self, scope: anyio.CancelScope, virtual: bool) -> None:
+        if virtual:
+            self._until = None
         elif not scope.cancel_called:
             scope.deadline = math.inf
 
