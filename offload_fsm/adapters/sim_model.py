@@ -310,15 +310,26 @@ class MemoryModel:
         span = self._span
         if span is not None and span[0] <= now < span[1]:
             return span[2]
-        if self.dead_at is not None and now >= self.dead_at:
-            value = 0
-        else:
-            value = self.footprint.context + sum(self.tag_bytes_at(tag, now) for tag in TAGS)
-        times = [at for steps in self._steps.values() for at, _ in steps]
-        if self.dead_at is not None:
-            times.append(self.dead_at)
-        since = max((t for t in times if t <= now), default=-math.inf)
-        until = min((t for t in times if t > now), default=math.inf)
+        # One pass over each tag's sorted steps: the bytes now, and the span they hold for
+        # (from the latest step at or before ``now`` to the earliest after it).
+        value = self.footprint.context
+        since, until = -math.inf, math.inf
+        for steps in self._steps.values():
+            held = 0
+            for at, nbytes in steps:
+                if at > now:
+                    until = min(until, at)
+                    break
+                held = nbytes
+                since = max(since, at)
+            value += held
+        dead_at = self.dead_at
+        if dead_at is not None:
+            if now >= dead_at:
+                value = 0
+                since = max(since, dead_at)
+            else:
+                until = min(until, dead_at)
         self._span = (since, until, value)
         return value
 

@@ -124,9 +124,12 @@ class FakeGpus:
         self._unknown: set[int] = set()  # pids whose usage the "driver" will not report
         self._hidden_lists: set[str] = set()  # device keys whose process list is unknown
         self._pid_offset = 0
-        # device key -> (the device, what its reading depends on, the reading); keyed by the
-        # key string: hashing the frozen device dataclass hashes every field on each poll.
-        self._views: dict[str, tuple[GpuDevice, object, DeviceMemory, tuple[GpuProcess, ...]]] = {}
+        self._settings = 0  # bumped when what a reading depends on besides its rows changes
+        # device key -> (the device, its rows, the settings version, the reading); keyed by
+        # the key string: hashing the frozen device dataclass hashes every field on each poll.
+        self._views: dict[
+            str, tuple[GpuDevice, object, int, DeviceMemory, tuple[GpuProcess, ...]]
+        ] = {}
         # Extra usage sources, in the order added: those of any device, and by device key
         # (a snapshot of a few GPUs reads only their sources: at scale, scanning every
         # source of the node was the simulator's largest cost).
@@ -354,11 +357,13 @@ class FakeGpus:
     def hide_usage(self, pid: int, hidden: bool = True) -> None:
         """Report ``pid``'s per-process usage as unknown (None), as some drivers do."""
         (self._unknown.add if hidden else self._unknown.discard)(pid)
+        self._settings += 1
 
     def hide_processes(self, device: DeviceRef, hidden: bool = True) -> None:
         """The process list of ``device`` cannot be read (NotSupported / NoPermission)."""
         key = self.device(device).key
         (self._hidden_lists.add if hidden else self._hidden_lists.discard)(key)
+        self._settings += 1
 
     def foreign_pids(self, offset: int) -> None:
         """Report every pid as ``pid + offset``: host PIDs seen from a container's own PID
@@ -366,6 +371,7 @@ class FakeGpus:
         if offset < 0:
             raise ValueError(f"a pid offset cannot be negative: {offset}")
         self._pid_offset = offset
+        self._settings += 1
 
     @property
     def pid_namespace(self) -> str:
@@ -375,12 +381,12 @@ class FakeGpus:
     # --- reading -----------------------------------------------------------------------------
 
     def snapshot(self, devices: Sequence[GpuDevice]) -> ProbeRound:
-        keys = tuple(d.key for d in devices)
+        keys = tuple([d.key for d in devices])
         by_key = self._rows_by_key(keys)
         memory: list[DeviceMemory] = []
         processes: list[GpuProcess] = []
-        for dev, key in zip(devices, keys):
-            mem, procs = self._device_view(dev, tuple(sorted(by_key[key].items())))
+        for dev in devices:
+            mem, procs = self._device_view(dev, tuple(sorted(by_key[dev.key].items())))
             memory.append(mem)
             processes.extend(procs)
         hidden = self._hidden_lists
@@ -398,13 +404,16 @@ class FakeGpus:
     ) -> tuple[DeviceMemory, tuple[GpuProcess, ...]]:
         """One device's reading, reused while nothing about it changed: most polls see the
         same memory, and building the records again was most of a simulated round."""
+        cached = self._views.get(dev.key)
+        if (
+            cached is not None
+            and cached[0] is dev
+            and cached[1] == rows
+            and cached[2] == self._settings
+        ):
+            return cached[3], cached[4]
         hidden = dev.key in self._hidden_lists
         reserved = self._reserved.get(dev.key, 0)
-        unknown = frozenset(p for p, _ in rows if p in self._unknown) if self._unknown else None
-        key = (rows, reserved, hidden, self._pid_offset, unknown)
-        cached = self._views.get(dev.key)
-        if cached is not None and cached[0] is dev and cached[1] == key:
-            return cached[2], cached[3]
         used = sum(nbytes for _, nbytes in rows)
         total = dev.total_bytes
         mem = DeviceMemory(
@@ -426,5 +435,5 @@ class FakeGpus:
                 for pid, nbytes in rows
             )
         )
-        self._views[dev.key] = (dev, key, mem, procs)
+        self._views[dev.key] = (dev, rows, self._settings, mem, procs)
         return mem, procs

@@ -231,3 +231,24 @@ def test_snapshot_reads_sources_added_after_a_snapshot_and_sums_them_with_the_le
     gpus.set_usage(11, b, 0)  # leaves the ledger and every later snapshot
     assert [p.pid for p in gpus.snapshot([b]).processes] == [14]
     assert gpus.used(a) == 6 * GIB and gpus.used(b) == 5 * GIB
+
+
+def test_a_reading_follows_what_the_driver_will_not_say_between_two_snapshots(
+    gpus: FakeGpus,
+) -> None:
+    a = gpus.devices[0]
+    gpus.set_usage(10, a, 1 * GIB)
+    first = gpus.snapshot([a])
+    again = gpus.snapshot([a])  # nothing changed: the same records are reused
+    assert again.memory[0] is first.memory[0] and again.processes[0] is first.processes[0]
+    gpus.hide_usage(10)
+    assert [p.used_bytes for p in gpus.snapshot([a]).processes] == [None]
+    gpus.hide_usage(10, False)
+    gpus.foreign_pids(1000)
+    assert [p.pid for p in gpus.snapshot([a]).processes] == [1010]
+    gpus.foreign_pids(0)
+    gpus.hide_processes(a)
+    hidden = gpus.snapshot([a])
+    assert (hidden.processes, hidden.unknown_processes) == ((), (a.key,))
+    gpus.hide_processes(a, False)
+    assert gpus.snapshot([a]).processes == first.processes
