@@ -85,19 +85,9 @@ class SimEngine:
         self._calls: dict[str, int] = dict.fromkeys(ENGINE_CALLS, 0)
         self._crashed = False
         self._closed = False
-        self._rows: tuple[int, list[tuple[int, str, int]]] = (0, [])  # (bytes, their rows)
-        gpus.add_source(self._ledger_rows, self.devices)
+        gpus.add_process(pid, self.devices, self.resident_bytes)
 
     # -- what probes and tests see --------------------------------------------------------
-
-    def _ledger_rows(self) -> list[tuple[int, str, int]]:
-        # Read at every snapshot: the rows are rebuilt only when the bytes changed (the
-        # ledger copies them, never changes them).
-        nbytes = self._model.bytes_at(self.clock.now())
-        if nbytes != self._rows[0]:
-            rows = [(self.pid, dev.key, nbytes) for dev in self.devices] if nbytes else []
-            self._rows = (nbytes, rows)
-        return self._rows[1]
 
     @property
     def process_root(self) -> int | None:

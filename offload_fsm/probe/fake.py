@@ -12,6 +12,9 @@ Scripted behaviour, all on the ledger's (usually virtual) clock:
 - releases that complete late or slowly: :meth:`FakeGpus.slow_release` turns every later
   decrease of a pid's usage (``set_usage``) into a delayed ramp;
 - memory that never comes back: :meth:`FakeGpus.hold` puts a floor under a pid's usage;
+- usage read from elsewhere at every snapshot: :meth:`FakeGpus.add_process` (a pid whose
+  usage is a function, as simulated engines' memory models are) and
+  :meth:`FakeGpus.add_source` (rows, e.g. from ledger files of simulated engine processes);
 - None usage (:meth:`FakeGpus.hide_usage`), process lists the driver will not give
   (:meth:`FakeGpus.hide_processes`), host PIDs seen from a container
   (:meth:`FakeGpus.foreign_pids`), heterogeneous models (:meth:`FakeGpus.from_specs`);
@@ -137,6 +140,8 @@ class FakeGpus:
         self._any_device_sources: list[int] = []
         self._sources_by_key: dict[str, list[int]] = {}
         self._plans: dict[tuple[str, ...], tuple[int, ...]] = {}  # device keys -> sources read
+        # Processes whose usage is a function (add_process), by device key: (pid, bytes now).
+        self._processes_by_key: dict[str, list[tuple[int, Callable[[], int]]]] = {}
         self._usage_by_key: dict[str, dict[int, int]] = {}  # _usage by device key: pid -> bytes
         if isinstance(reserved_bytes, int):
             self._reserved = {d.key: reserved_bytes for d in self.devices}
@@ -171,6 +176,15 @@ class FakeGpus:
         for key in dict.fromkeys(self.device(d).key for d in devices):
             self._sources_by_key.setdefault(key, []).append(index)
 
+    def add_process(
+        self, pid: int, devices: Iterable[DeviceRef], nbytes: Callable[[], int]
+    ) -> None:
+        """A process holding ``nbytes()`` on each of ``devices``, read at every snapshot of
+        them (a simulated engine's memory model). Cheaper than a source: nothing is built
+        or filtered per snapshot besides the call."""
+        for key in dict.fromkeys(self.device(d).key for d in devices):
+            self._processes_by_key.setdefault(key, []).append((pid, nbytes))
+
     def _settle_timelines(self, now: float) -> None:
         """Fold timelines into the plain ledger (finished ones are dropped)."""
         for entry, line in list(self._timelines.items()):
@@ -195,9 +209,14 @@ class FakeGpus:
         """Every (pid, device key) -> bytes, sources included."""
         if self._timelines:
             self._settle_timelines(self.clock.now())
-        if not self._sources:
+        if not self._sources and not self._processes_by_key:
             return self._usage
         merged = dict(self._usage)
+        for key, processes in self._processes_by_key.items():
+            for pid, nbytes_now in processes:
+                nbytes = nbytes_now()
+                if nbytes > 0:
+                    merged[(pid, key)] = merged.get((pid, key), 0) + nbytes
         for source in self._sources:
             for pid, key, nbytes in source():
                 if nbytes > 0:
@@ -210,8 +229,16 @@ class FakeGpus:
         simulator's largest cost)."""
         if self._timelines:
             self._settle_timelines(self.clock.now())
-        usage = self._usage_by_key
-        by_key = {key: dict(usage.get(key, _NONE)) for key in keys}
+        usage, processes = self._usage_by_key, self._processes_by_key
+        by_key: dict[str, dict[int, int]] = {}
+        for key in keys:
+            rows = by_key[key] = dict(usage.get(key, _NONE))
+            for pid, nbytes_now in processes.get(key, ()):
+                nbytes = nbytes_now()
+                if nbytes > 0:
+                    rows[pid] = rows.get(pid, 0) + nbytes
+        if not self._sources:
+            return by_key
         plan = self._plans.get(keys)
         if plan is None:
             plan = self._plan(keys)

@@ -252,3 +252,18 @@ def test_a_reading_follows_what_the_driver_will_not_say_between_two_snapshots(
     assert (hidden.processes, hidden.unknown_processes) == ((), (a.key,))
     gpus.hide_processes(a, False)
     assert gpus.snapshot([a]).processes == first.processes
+
+
+def test_add_process_reads_its_usage_at_every_snapshot_on_its_devices_only(
+    gpus: FakeGpus,
+) -> None:
+    a, b = gpus.devices
+    held = {"now": 2 * GIB}
+    gpus.add_process(20, [a, a.key], lambda: held["now"])  # named twice: counted once
+    gpus.set_usage(20, a, 1 * GIB)  # the same pid in the ledger: summed
+    gpus.add_source(lambda: [(20, a.key, 1 * GIB)], devices=[a])
+    assert [(p.pid, p.used_bytes) for p in gpus.snapshot([a, b]).processes] == [(20, 4 * GIB)]
+    held["now"] = 0  # nothing held: not a process of its own
+    assert [(p.pid, p.used_bytes) for p in gpus.snapshot([a]).processes] == [(20, 2 * GIB)]
+    held["now"] = 5 * GIB
+    assert gpus.used(a) == 7 * GIB and gpus.used(b) == 0
