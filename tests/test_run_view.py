@@ -119,3 +119,37 @@ def test_a_subclass_of_an_event_kind_updates_the_view_as_that_kind() -> None:
     assert (view.engines["a"].state, view.engines["a"].transitions) == ("releasing", 1)
     view.apply(PhaseChanged(seq=0, ts=0.0, run_id="r", pipeline_id="p", step=3, phase="train"))
     assert view.phases == {"p": (3, "train")}
+
+
+def test_a_view_subscription_leaves_out_only_what_no_view_nor_printer_reads() -> None:
+    from offload_fsm.events import (
+        AdapterCallFailed,
+        AdapterCallFinished,
+        AdapterCallStarted,
+        GateDecision,
+        GateTimedOut,
+        MemorySample,
+    )
+
+    base = {"seq": 0, "ts": 0.0, "run_id": "r", "engine_id": "a"}
+    decision = {
+        "passed": False, "opened": False, "observed_bytes": (1,), "limit_bytes": 0,
+        "settle_count": 0, "settle_required": 3, "attempt": 1, "elapsed_s": 0.0,
+    }  # fmt: skip
+    quiet = [
+        AdapterCallStarted(**base, call="release"),
+        AdapterCallFinished(**base, call="release", elapsed_s=0.1),
+        MemorySample(**base, backend="fake", used_bytes=1, free_bytes=1, total_bytes=2),
+        GateDecision(**base, gate="release", **decision),
+        GateDecision(**base, gate="resume", **decision),
+    ]
+    shown = [
+        registered("a"),
+        moved("a", "slept"),
+        GateDecision(**base, gate="wake", **decision),
+        GateTimedOut(**base, gate="release", last_bytes=(1,), limit_bytes=0, elapsed_s=1.0),
+        AdapterCallFailed(**base, call="release", elapsed_s=0.1, error_type="E", error="x"),
+        PhaseChanged(seq=0, ts=0.0, run_id="r", pipeline_id="p", step=1, phase="train"),
+    ]
+    assert [RunView.wants(e) for e in quiet] == [False] * len(quiet)
+    assert [RunView.wants(e) for e in shown] == [True] * len(shown)

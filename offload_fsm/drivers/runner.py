@@ -152,7 +152,7 @@ async def _run(opts: RunOptions, clock: Clock, world: World, out: TextIO) -> Run
     view = RunView()
     writer = EventLogWriter.for_run(opts.out_dir, run_id)
     log_sub = bus.subscribe("event-log", capacity=65536)
-    view_sub = bus.subscribe("view", capacity=65536)
+    view_sub = bus.subscribe("view", capacity=65536, filter=RunView.wants)
     printer = ProgressPrinter(view, clock.now, out) if opts.progress else None
     gate = GatePolicy(settle_samples=opts.settle, deadline_s=opts.gate_timeout_s)
     orch = Orchestrator(

@@ -16,10 +16,15 @@ import anyio
 
 from offload_fsm.bus import Subscription
 from offload_fsm.events import (
+    AdapterCallFinished,
+    AdapterCallStarted,
+    AttributionReport,
     EngineRegistered,
     Event,
     GateDecision,
+    MemorySample,
     PhaseChanged,
+    ProbeRetry,
     Transition,
 )
 
@@ -56,6 +61,17 @@ class RunView:
         if self._watchers and event.engine_id is not None:
             for woken in self._watchers.pop(event.engine_id, ()):
                 woken.set()
+
+    @staticmethod
+    def wants(event: Event) -> bool:
+        """The filter of a view's bus subscription: False for the kinds that change nothing
+        a view holds nor its progress printer shows (engine calls that went through, memory
+        samples, attribution reports, probe retries, release and resume gate decisions).
+        Most of a step's events are these; delivered, each would wake the view's waiters for
+        nothing. Kinds not named here (new ones too) are delivered."""
+        if isinstance(event, GateDecision):
+            return event.gate == "wake"
+        return type(event) not in _QUIET_KINDS
 
     def _registered(self, event: EngineRegistered) -> None:
         self.engines[event.engine_id or ""] = EngineView(
@@ -132,6 +148,9 @@ _UPDATE_BY_KIND: tuple[tuple[type[Event], Callable[[RunView, Any], None]], ...] 
     (Transition, RunView._transition),
     (GateDecision, RunView._gate_decision),
     (PhaseChanged, RunView._phase),
+)
+_QUIET_KINDS: frozenset[type[Event]] = frozenset(
+    {AdapterCallStarted, AdapterCallFinished, MemorySample, AttributionReport, ProbeRetry}
 )
 _UPDATES: dict[type[Event], Callable[[RunView, Any], None] | None] = dict(_UPDATE_BY_KIND)
 _UNKNOWN: Any = object()  # a kind not seen yet

@@ -188,7 +188,7 @@ async def scale_run(nodes: int, steps: int, variant: Variant = SHIPPED) -> RunFi
     bus = EventBus()
     recorder = Recorder(bus, "scale", clock)
     view = RunView()
-    sub = bus.subscribe("view", capacity=1 << 20)
+    sub = bus.subscribe("view", capacity=1 << 20, filter=RunView.wants)  # as the runner
     backends: dict[str | None, ProbeBackend] = {}
     worlds = []
     for i in range(nodes):

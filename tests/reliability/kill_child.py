@@ -89,7 +89,7 @@ async def main(args: argparse.Namespace) -> None:
     world = await build_sim_world(topologies, clock, SimOptions(seed=args.seed))
     bus = EventBus()
     view = RunView()
-    view_sub = bus.subscribe("view", capacity=1 << 20)
+    view_sub = bus.subscribe("view", capacity=1 << 20, filter=RunView.wants)
     with EventLogWriter(Path(args.out) / "run.jsonl") as writer:
         recorder = KillingRecorder(bus, clock, writer, args)
         orch = Orchestrator(
