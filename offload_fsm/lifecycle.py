@@ -233,10 +233,28 @@ class _Transition(transitions.Transition):
             self._change_state(event_data)
         return True
 
+    def _change_state(self, event_data: Any) -> None:
+        # transitions' own, minus three state lookups, the exit/enter calls and the
+        # models loop, where no state has callbacks and none is final (ours: never).
+        machine = event_data.machine
+        source, dest = machine.get_state(self.source), machine.get_state(self.dest)
+        if source.on_exit or dest.on_enter or dest.final:
+            super()._change_state(event_data)
+            return
+        setattr(event_data.model, machine.model_attribute, dest.value)
+        event_data.state = dest
+
 
 class _Event(transitions.Event):
     """transitions' Event, minus the walks and logs of machine ``prepare_event`` and
     ``finalize_event`` callbacks when there are none."""
+
+    def trigger(self, model: Any, *args: Any, **kwargs: Any) -> bool:
+        machine = self.machine
+        if machine.has_queue or machine._transition_queue:
+            return bool(super().trigger(model, *args, **kwargs))
+        # Machine._process runs an unqueued trigger at once: without its partial.
+        return self._trigger(transitions.core.EventData(None, self, machine, model, args, kwargs))
 
     def _trigger(self, event_data: Any) -> bool:
         machine = self.machine

@@ -165,6 +165,53 @@ def test_machine_fast_paths_still_run_registered_callbacks() -> None:
     ]
 
 
+def test_machine_fast_paths_still_run_state_and_finalize_callbacks() -> None:
+    """State exit/enter callbacks, final states and finalize callbacks take transitions'
+    own path: each runs, in transitions' order."""
+    calls: list[str] = []
+
+    class Model:
+        state: str
+
+    model = Model()
+    machine = _Machine(
+        model=model,
+        states=[
+            {"name": "a", "on_exit": lambda: calls.append("exit a")},
+            {"name": "b", "on_enter": lambda: calls.append("enter b"), "final": True},
+        ],
+        transitions=[{"trigger": "go", "source": "a", "dest": "b"}],
+        initial="a",
+        auto_transitions=False,
+        on_final=lambda: calls.append("on_final"),
+        finalize_event=lambda: calls.append("finalize"),
+    )
+    assert machine.events["go"].trigger(model)
+    assert model.state == "b"
+    assert calls == ["exit a", "enter b", "on_final", "finalize"]
+
+
+def test_a_queued_machine_takes_transitions_own_trigger_path() -> None:
+    class Model:
+        state: str
+
+    model = Model()
+    machine = _Machine(
+        model=model,
+        states=["a", "b", "c"],
+        transitions=[
+            {"trigger": "go", "source": "a", "dest": "b", "after": lambda: machine.events[
+                "on"].trigger(model)},
+            {"trigger": "on", "source": "b", "dest": "c"},
+        ],
+        initial="a",
+        auto_transitions=False,
+        queued=True,
+    )  # fmt: skip
+    assert machine.events["go"].trigger(model)  # "on" is queued, then run after "go"
+    assert model.state == "c"
+
+
 def test_lifecycles_sharing_one_machine_keep_their_own_state() -> None:
     a, b = Lifecycle("a"), Lifecycle("b", initial=State.SLEPT)
     a.fire(Trigger.RELEASE)
