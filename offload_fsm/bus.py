@@ -315,8 +315,7 @@ class EventBus:
         """Deliver from ``start`` on; the index of the first full BLOCK subscriber, or None."""
         subs = self._subs
         gone = False
-        for i in range(start, len(subs)):
-            sub = subs[i]
+        for sub in subs[start:] if start else subs:  # no index kept: a full queue is rare
             if sub._closed:
                 gone = True
                 continue
@@ -325,7 +324,7 @@ class EventBus:
             buffer = sub._buffer
             if len(buffer) >= sub.capacity:
                 if sub.policy is SlowPolicy.BLOCK:
-                    return i
+                    return subs.index(sub, start)
                 sub.dropped += 1
                 continue
             # Subscription._offer, inlined: this loop is the publish hot path.
