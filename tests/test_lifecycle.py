@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -125,17 +126,22 @@ def test_trigger_skips_transitions_logging_when_nothing_listens(
     assert len(logged) <= 1, logged
 
 
+class _StateHolder:
+    state: str
+
+
+def bare_machine(**options: Any) -> tuple[_StateHolder, _Machine]:
+    """A lifecycle ``_Machine`` (no auto transitions) over a model of its own."""
+    model = _StateHolder()
+    return model, _Machine(model=model, auto_transitions=False, **options)
+
+
 def test_machine_fast_paths_still_run_registered_callbacks() -> None:
     """The lifecycle's Machine subclass skips transitions' callback walks only when there
     are none: a machine with callbacks gets every one, in transitions' order."""
     calls: list[str] = []
 
-    class Model:
-        state: str
-
-    model = Model()
-    machine = _Machine(
-        model=model,
+    model, machine = bare_machine(
         states=["a", "b"],
         transitions=[
             {
@@ -149,7 +155,6 @@ def test_machine_fast_paths_still_run_registered_callbacks() -> None:
             }
         ],
         initial="a",
-        auto_transitions=False,
         prepare_event=lambda: calls.append("prepare_event"),
         before_state_change=lambda: calls.append("before_state_change"),
     )
@@ -170,19 +175,13 @@ def test_machine_fast_paths_still_run_state_and_finalize_callbacks() -> None:
     own path: each runs, in transitions' order."""
     calls: list[str] = []
 
-    class Model:
-        state: str
-
-    model = Model()
-    machine = _Machine(
-        model=model,
+    model, machine = bare_machine(
         states=[
             {"name": "a", "on_exit": lambda: calls.append("exit a")},
             {"name": "b", "on_enter": lambda: calls.append("enter b"), "final": True},
         ],
         transitions=[{"trigger": "go", "source": "a", "dest": "b"}],
         initial="a",
-        auto_transitions=False,
         on_final=lambda: calls.append("on_final"),
         finalize_event=lambda: calls.append("finalize"),
     )
@@ -192,12 +191,7 @@ def test_machine_fast_paths_still_run_state_and_finalize_callbacks() -> None:
 
 
 def test_a_queued_machine_takes_transitions_own_trigger_path() -> None:
-    class Model:
-        state: str
-
-    model = Model()
-    machine = _Machine(
-        model=model,
+    model, machine = bare_machine(
         states=["a", "b", "c"],
         transitions=[
             {"trigger": "go", "source": "a", "dest": "b", "after": lambda: machine.events[
@@ -205,7 +199,6 @@ def test_a_queued_machine_takes_transitions_own_trigger_path() -> None:
             {"trigger": "on", "source": "b", "dest": "c"},
         ],
         initial="a",
-        auto_transitions=False,
         queued=True,
     )  # fmt: skip
     assert machine.events["go"].trigger(model)  # "on" is queued, then run after "go"
