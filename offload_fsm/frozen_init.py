@@ -2,14 +2,16 @@
 
 A frozen dataclass's generated ``__init__`` sets each field with
 ``object.__setattr__(self, name, value)``: a lookup of ``name`` through the class and a
-generic call, per field. Events, probe rounds and gate verdicts are built hundreds of times
-per engine cycle, and that was about half of what building one cost
-(``python -m tests.bench.bench_core``, section 1b). :func:`fast_frozen_init` swaps in an
-``__init__`` that calls each field's slot descriptor directly: the same signature (names,
-order, defaults, keyword-only markers, annotations), the same ``__post_init__`` call, and the
-class stays frozen (assigning a field still raises ``FrozenInstanceError``). A class it
-cannot reproduce exactly (a ``default_factory``, an ``init=False`` field, an ``InitVar``) is
-refused when it is defined (the two signatures are compared then), not built approximately.
+generic call, per field. Events, probe rounds and gate verdicts are built about a thousand
+times per node and cycle of the scale benchmark, and those calls were about half of what
+building one cost (``python -m tests.bench.bench_core``, section 1b).
+
+:func:`fast_frozen_init` swaps in an ``__init__`` that calls each field's slot descriptor
+directly: the same signature (names, order, defaults, keyword-only markers, annotations),
+the same ``__post_init__`` call, and the class stays frozen (assigning a field still raises
+``FrozenInstanceError``). A class it cannot reproduce exactly (a ``default_factory``, an
+``init=False`` field, an ``InitVar``) is refused when it is defined (the two signatures are
+compared then), not built approximately.
 """
 
 from __future__ import annotations
