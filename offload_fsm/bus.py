@@ -134,20 +134,21 @@ class Subscription:
             return []
         taken = [buffer.popleft() for _ in range(min(room, len(buffer)))]
         self._streak += len(taken)
-        space = self._space
-        if space is not None:
-            self._space = None
-            space.set()
+        self._made_room()
         return taken
 
     def _pop(self) -> Event:
-        """The oldest queued event (there is one); a publisher waiting for room may go on."""
+        """The oldest queued event (there is one)."""
         event = self._buffer.popleft()
+        self._made_room()
+        return event
+
+    def _made_room(self) -> None:
+        """Events were taken off the queue: a publisher waiting for room may go on."""
         space = self._space
         if space is not None:
             self._space = None
             space.set()
-        return event
 
     def close(self) -> None:
         """Stop receiving (the bus forgets this subscriber on its next publish)."""

@@ -77,9 +77,6 @@ class _Sleeper:
         self.woken = False  # woken early through a WakeToken
         self.due = False  # released by the watcher that moved time to this deadline
 
-    def __lt__(self, other: _Sleeper) -> bool:
-        return (self.deadline, self.seq) < (other.deadline, other.seq)
-
     def cancel(self) -> None:
         if self.gone:  # fired or cancelled already
             return

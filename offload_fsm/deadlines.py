@@ -128,9 +128,10 @@ class RoundDeadlines:
     async def run(self, seconds: float, fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
         clock, scope = self._clock, self._scope
         assert scope is not None, "RoundDeadlines.run outside its with block"
-        virtual = isinstance(clock, VirtualClock)
-        if virtual:
-            self._arm(clock, seconds)  # type: ignore[arg-type]
+        virtual = False
+        if isinstance(clock, VirtualClock):
+            virtual = True
+            self._arm(clock, seconds)
         elif not getattr(clock, "virtual", False):
             scope.deadline = anyio.current_time() + seconds
         else:  # another virtual clock: a deadline of its own (a watchdog task)
