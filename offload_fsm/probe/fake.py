@@ -32,45 +32,16 @@ from offload_fsm.clock import Clock, RealClock
 from offload_fsm.errors import (
     DeviceIdError,
 )
-from offload_fsm.probe.base import GIB, DeviceMemory, GpuDevice, GpuProcess, ProbeRound
+from offload_fsm.probe.base import DeviceMemory, GpuDevice, GpuProcess, ProbeRound
 from offload_fsm.probe.fake_backend import FakeBackend as FakeBackend
 from offload_fsm.probe.fake_backend import Fault as Fault
+from offload_fsm.probe.fake_devices import FakeDeviceSpec as FakeDeviceSpec
+from offload_fsm.probe.fake_devices import make_devices as make_devices
+from offload_fsm.probe.fake_devices import make_mixed_devices as make_mixed_devices
 
 DeviceRef = int | str | GpuDevice
 _NONE: dict[int, int] = {}  # no usage on a device (read only)
 _MAX_PLANS = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class FakeDeviceSpec:
-    name: str = "NVIDIA H100 80GB HBM3 (simulated)"
-    total_bytes: int = 80 * GIB
-    reserved_bytes: int = 0
-
-
-def make_devices(
-    count: int, spec: FakeDeviceSpec | None = None, node: str | None = None
-) -> tuple[GpuDevice, ...]:
-    spec = spec or FakeDeviceSpec()
-    return make_mixed_devices([spec] * count, node=node)
-
-
-def make_mixed_devices(
-    specs: Sequence[FakeDeviceSpec], node: str | None = None
-) -> tuple[GpuDevice, ...]:
-    """One device per spec, in PCI (index) order: a machine with mixed GPU models."""
-    tag = f"{node}-" if node else ""
-    return tuple(
-        GpuDevice(
-            index=i,
-            uuid=f"GPU-fake{tag}{i:04d}-0000-4000-8000-{i:012x}",
-            bus_id=f"00000000:{0x10 + i:02X}:00.0",
-            name=spec.name,
-            total_bytes=spec.total_bytes,
-            node=node,
-        )
-        for i, spec in enumerate(specs)
-    )
 
 
 @dataclass(frozen=True, slots=True)
