@@ -4,11 +4,18 @@ page reads from them (the figures themselves are measured by running them, not h
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import anyio
 import pytest
 
-from tests.bench import bench_core, bench_scale, bench_shared_rounds, count_instructions
+from tests.bench import (
+    bench_core,
+    bench_scale,
+    bench_shared_rounds,
+    compare_scale,
+    count_instructions,
+)
 
 
 def test_shared_rounds_bench_shows_one_round_for_gates_polling_together(
@@ -82,3 +89,18 @@ def test_count_instructions_counts_more_calls_for_more_steps_and_names_a_missing
         count_instructions.instructions(1, 1, "auto")
     with pytest.raises(SystemExit):
         count_instructions.main(["--nodes", "0"])
+
+
+def test_compare_scale_prints_a_ratio_per_pair_and_refuses_a_tree_that_is_not_one(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # This checkout against itself, at toy size: one row per pair, each with its ratio.
+    assert compare_scale.main([str(compare_scale.HERE), "--nodes", "1", "--pairs", "2"]) == 0
+    row = r"^\s+(\d)\s+([\d.]+) ms\s+([\d.]+) ms\s+([\d.]+)$"
+    rows = re.findall(row, capsys.readouterr().out, re.M)
+    assert [r[0] for r in rows] == ["1", "2"]
+    for _, before, now, ratio in rows:
+        assert float(ratio) == pytest.approx(float(now) / float(before), abs=0.02)
+    with pytest.raises(SystemExit):
+        compare_scale.main([str(tmp_path)])
+    assert "not a checkout of this project" in capsys.readouterr().err
