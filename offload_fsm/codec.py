@@ -8,9 +8,11 @@ path with the same checks. Errors are :class:`EventDecodeError` naming the field
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import msgspec
+import msgspec.inspect
 
 from offload_fsm.errors import EventDecodeError
 from offload_fsm.events import KINDS, SCHEMA_VERSION, Event
@@ -49,12 +51,19 @@ def decode(line: bytes | str, *, lineno: int | None = None) -> Event:
 
 
 def _decode_slow(raw: bytes, lineno: int | None) -> Event:
+    # UTF-8 is checked here, before msgspec sees the line: msgspec releases differ in how they
+    # report a bad byte (a UnicodeDecodeError up to 0.22, its own DecodeError from 0.23), and a
+    # corrupted log must get the same answer, naming the byte, whichever is installed.
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventDecodeError(
+            f"not valid UTF-8 (byte {exc.start + 1} of the line: {exc.reason})", line=lineno
+        ) from exc
     try:
         obj = _generic.decode(raw)
     except msgspec.DecodeError as exc:
         raise EventDecodeError(f"not valid JSON ({exc})", line=lineno) from exc
-    except UnicodeDecodeError as exc:  # msgspec lets invalid UTF-8 in a string through as this
-        raise EventDecodeError(f"not valid UTF-8 in a string ({exc.reason})", line=lineno) from exc
     except RecursionError:  # arrays nested thousands deep: not an event, whatever it is
         raise EventDecodeError("not an event: nested too deeply", line=lineno) from None
     if not isinstance(obj, dict):
@@ -80,7 +89,7 @@ def _decode_slow(raw: bytes, lineno: int | None) -> Event:
     try:
         event: Event = msgspec.convert(obj, cls, strict=True)
     except msgspec.ValidationError as exc:
-        raise EventDecodeError(f"{kind}: {exc}", line=lineno, field=_field_of(exc)) from exc
+        raise _validation_error(kind, obj, cls, exc, lineno) from exc
     if event.v != SCHEMA_VERSION:
         raise EventDecodeError(
             f"event schema version {event.v} is not supported (this offload_fsm reads "
@@ -91,10 +100,102 @@ def _decode_slow(raw: bytes, lineno: int | None) -> Event:
     return event
 
 
-def _field_of(exc: msgspec.ValidationError) -> str | None:
-    text = str(exc)
-    if "`$." in text:
-        return text.split("`$.", 1)[1].split("`", 1)[0].split("[", 1)[0]
-    if "missing required field `" in text:
-        return text.split("missing required field `", 1)[1].split("`", 1)[0]
-    return None
+def _validation_error(
+    kind: str,
+    obj: dict[str, Any],
+    cls: type[Event],
+    exc: msgspec.ValidationError,
+    lineno: int | None,
+) -> EventDecodeError:
+    """Name the field that does not fit, found by the event's own types.
+
+    msgspec's message text is not a stable interface (it changes between releases), so the
+    field and what it should hold are worked out here from the record's type hints.
+    """
+    hints = _hints(cls)
+    for name in _required(cls):
+        if name not in obj:
+            return EventDecodeError(
+                f"{kind}: missing required field '{name}'", line=lineno, field=name
+            )
+    for name, value in obj.items():
+        if name not in hints:
+            continue
+        found = _misfit(value, hints[name])
+        if found is not None:
+            path, expected, got = found
+            return EventDecodeError(
+                f"{kind}: field '{name}{path}' must be {expected}, not {_json_type(got)}",
+                line=lineno,
+                field=name,
+            )
+    return EventDecodeError(f"{kind}: {exc}", line=lineno)  # a rule across fields
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return {
+        name: hint
+        for name, hint in typing.get_type_hints(cls).items()
+        if typing.get_origin(hint) is not typing.ClassVar
+    }
+
+
+def _required(cls: type) -> tuple[str, ...]:
+    info = msgspec.inspect.type_info(cls)
+    fields = getattr(info, "fields", ())
+    return tuple(f.name for f in fields if f.required)
+
+
+def _misfit(value: Any, hint: Any) -> tuple[str, str, Any] | None:
+    """``(path below the field, what it must be, the value found)`` where ``value`` does not
+    fit ``hint``; None where it does."""
+    try:
+        msgspec.convert(value, hint, strict=True)
+    except msgspec.ValidationError:
+        pass
+    else:
+        return None
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and isinstance(value, list) and args:
+        for i, item in enumerate(value):
+            found = _misfit(item, args[0])
+            if found is not None:
+                return f"[{i}]{found[0]}", found[1], found[2]
+    elif isinstance(hint, type) and isinstance(value, dict):
+        for name in _required(hint):
+            if name not in value:
+                return f".{name}", "present", None
+        hints = _hints(hint)
+        for name, item in value.items():
+            found = _misfit(item, hints[name]) if name in hints else None
+            if found is not None:
+                return f".{name}{found[0]}", found[1], found[2]
+    return "", _describe(hint), value
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _describe(hint: Any) -> str:
+    if hint is None or hint is type(None):
+        return "null"
+    if hint in _TYPE_NAMES:
+        return _TYPE_NAMES[hint]
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and args:
+        return f"an array (each item {_describe(args[0])})"
+    if args:  # a union such as ``int | None``
+        return " or ".join(_describe(arg) for arg in args)
+    return f"an object ({getattr(hint, '__name__', hint)})"
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"

@@ -102,17 +102,21 @@ def _transition() -> Transition:
         (_line(kind="teleport"), "kind", "unknown event kind 'teleport'"),
         (_line(kind=7), "kind", "unknown event kind 7"),
         (_line(kind=_DROP), "kind", "missing field 'kind'"),
-        (_line(src=_DROP), "src", "src"),
-        (_line(seq=_DROP), "seq", "seq"),
-        (_line(seq="3"), "seq", "Expected `int`"),
-        (_line(seq=True), "seq", "Expected `int`"),
-        (_line(ts="soon"), "ts", "Expected `float`"),
-        (_line(gpus=[1]), "gpus", "Expected `str`"),
-        (_line(gpus="GPU-0"), "gpus", "Expected `array`"),
-        (_line(reason=5), "reason", "reason"),
+        (_line(src=_DROP), "src", "missing required field 'src'"),
+        (_line(seq=_DROP), "seq", "missing required field 'seq'"),
+        (_line(seq="3"), "seq", "field 'seq' must be an integer, not a string"),
+        (_line(seq=True), "seq", "field 'seq' must be an integer, not true"),
+        (_line(ts="soon"), "ts", "field 'ts' must be a number, not a string"),
+        (_line(gpus=[1]), "gpus", r"field 'gpus\[0\]' must be a string, not the number 1"),
+        (
+            _line(gpus="GPU-0"),
+            "gpus",
+            r"'gpus' must be an array \(each item a string\), not a string",
+        ),
+        (_line(reason=5), "reason", "'reason' must be a string or null, not the number 5"),
         (_line(v=SCHEMA_VERSION + 1), "v", "newer than this offload_fsm reads"),
         (_line(v=0), "v", "not supported"),
-        (_line(v="1"), "v", "Expected `int`"),
+        (_line(v="1"), "v", "field 'v' must be an integer, not a string"),
     ],
 )
 def test_decode_errors_name_the_field(line: bytes, field: str, message: str) -> None:
@@ -137,7 +141,7 @@ def test_nested_record_errors_name_the_top_level_field() -> None:
         )
     )
     good["processes"] = [{"gpu": "g", "pid": "x", "used_bytes": 1, "owner": "e0"}]
-    with pytest.raises(EventDecodeError, match="pid") as info:
+    with pytest.raises(EventDecodeError, match=r"'processes\[0\]\.pid' must be an integer") as info:
         codec.decode(json.dumps(good))
     assert info.value.field == "processes"
 
@@ -151,7 +155,8 @@ def test_nested_record_errors_name_the_top_level_field() -> None:
         (b"not json at all", "not valid JSON"),
         (b'{"kind":"transition","v":1,', "not valid JSON"),
         (b"", "not valid JSON"),
-        (b"\xff\xfe garbage", "not valid JSON"),
+        (b"\xff\xfe garbage", "not valid UTF-8 \\(byte 1 "),
+        (b'{"kind":"run_started","run_id":"ab\x80"}', "not valid UTF-8 \\(byte 35 "),
     ],
 )
 def test_garbage_and_non_objects_are_decode_errors(line: bytes, message: str) -> None:

@@ -262,6 +262,8 @@ def _good_log(path: Path) -> list[Event]:
         (b'{"kind":"run_started","command":' + b"[" * 100_000 + b"\n", "nested too deeply"),
         # a corrupted byte inside a string (found by the fuzz: it escaped as UnicodeDecodeError)
         (b'{"kind":"run_started","v":1,"seq":1,"ts":1,"run_id":"\x80"}\n', "not valid UTF-8"),
+        # the same in the generic path (kind not first), whichever msgspec is installed
+        (b'{"v":1,"kind":"run_started","run_id":"\xc3("}\n', "not valid UTF-8"),
         (b'{"kind":"run_finished","v":1,"seq":"one","ts":1,"run_id":"r","status":"ok"}\n', "seq"),
         (
             b'{"kind":"run_finished","v":1,"seq":1,"ts":1,"run_id":"r","status":"ok"}\n',
@@ -276,6 +278,14 @@ def test_unusable_event_logs(
     path.write_bytes(content)
     code, _, err = run_cli(capsys, "replay", str(path))
     assert code == 2 and says in err and "Traceback" not in err and err.count("\n") == 1, err
+    assert str(path) in err, err  # names the file
+    if (
+        says != "run_started"
+    ):  # (a log that does not begin with a run's start is not a line's fault)
+        assert "line 1:" in err, err
+        with pytest.raises(EventDecodeError) as info:
+            list(read_events(path))
+        assert info.value.line == 1
 
 
 def test_missing_directory_and_empty_logs(
