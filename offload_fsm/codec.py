@@ -52,7 +52,7 @@ def decode(line: bytes | str, *, lineno: int | None = None) -> Event:
 
 def _decode_slow(raw: bytes, lineno: int | None) -> Event:
     # UTF-8 is checked here, before msgspec sees the line: msgspec releases differ in how they
-    # report a bad byte (a UnicodeDecodeError up to 0.22, its own DecodeError from 0.23), and a
+    # report a bad byte (0.18 raises UnicodeDecodeError, 0.23 its own DecodeError), and a
     # corrupted log must get the same answer, naming the byte, whichever is installed.
     try:
         raw.decode("utf-8")
