@@ -15,8 +15,8 @@ taken (TP>1 engines are never summed across cards). None means "cannot measure",
 - ``root_pid`` None, ``nvidia-smi`` not on PATH, or every query failed, exited non-zero or
   passed ``timeout_s`` (each query is killed at ``timeout_s``);
 - no process of the tree in the listing (a foreign PID namespace: see below);
-- rows that cannot be read (``[N/A]`` usage, blank or short rows) are skipped, so they can
-  only turn an answer into None, never into a smaller number than the readable rows give.
+- rows that cannot be read (``[N/A]`` usage, blank or short rows) are skipped, as upstream
+  skips them: the answer counts the rows that have a figure (None when none of the tree's do).
 
 Where the GPU-aware query (``gpu_bus_id,pid,used_memory``) fails, the legacy two-column query
 (``pid,used_memory``) is tried once, with a warning: it cannot place rows on GPUs, so the
