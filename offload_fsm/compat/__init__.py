@@ -1,1 +1,2 @@
-"""Drop-in helpers for existing RL frameworks (swap one import; see docs/integration.md)."""
+"""Drop-ins for MILES (:mod:`.miles`) and RLix (:mod:`.rlix`), and offload_fsm's own gates in
+their vocabulary (:mod:`.gates`); see docs/integration.md and docs/migrating.md."""

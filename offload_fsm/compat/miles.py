@@ -1,371 +1,169 @@
-"""The seed's probe helpers with their MILES semantics, backed by offload_fsm's probes.
+"""Drop-in for MILES's residual probe (``miles.utils.gpu_probe``), on offload_fsm's parsers.
 
-A MILES / RLix user swaps one import::
+A MILES call site swaps one import and keeps every call and every answer::
 
-    from offload_fsm.compat.miles import max_process_residual_gib, max_used_gib
+    from offload_fsm.compat.miles import query_process_tree_gpu_used_gb
 
-Every function has a sync form (MILES calls these from sync code, e.g. inside Ray actors;
-each runs an event loop of its own, so never call one from inside a running loop) and an
-``*_async`` form. ``gpus`` are physical GPU ids as ``nvidia-smi`` numbers them (NVML index),
-UUIDs or PCI bus ids, as a sequence or a ``"0,1"`` string: never CUDA ordinals. With a
-backend that sees several nodes (:class:`~offload_fsm.ray_support.RayProbe`) an index is
-ambiguous: pass :class:`~offload_fsm.probe.base.GpuDevice` objects or ``node/uuid`` keys.
-An unknown or repeated id is a :class:`~offload_fsm.errors.DeviceIdError`, never a skipped
-gate.
+Upstream: rlops/miles ``miles/utils/gpu_probe.py`` at ac0750567b1170adaf61cfaaa9965835aef906cf;
+its caller is ``SGLangEngine.log_post_sleep_residual_diagnostics``
+(``miles/backends/sglang_utils/sglang_engine.py``), which passes
+``getattr(self.process, "pid", None)`` and logs "n/a" for None. Same names, signatures and
+defaults, synchronous, GiB as MiB / 1024. The answer is a *diagnostic*, the engine's worst
+single-GPU resident memory: per GPU the tree's rows are summed, then the max across GPUs is
+taken (TP>1 engines are never summed across cards). None means "cannot measure", never 0:
 
-``backend`` defaults to one shared backend per process (NVML, else nvidia-smi), opened on
-first use (:func:`default_backend`, :func:`close_default_backend`).
+- ``root_pid`` None, ``nvidia-smi`` not on PATH, or every query failed, exited non-zero or
+  passed ``timeout_s`` (each query is killed at ``timeout_s``);
+- no process of the tree in the listing (a foreign PID namespace: see below);
+- rows that cannot be read (``[N/A]`` usage, blank or short rows) are skipped, as upstream
+  skips them: the answer counts the rows that have a figure (None when none of the tree's do).
 
-Semantics:
+Where the GPU-aware query (``gpu_bus_id,pid,used_memory``) fails, the legacy two-column query
+(``pid,used_memory``) is tried once, with a warning: it cannot place rows on GPUs, so the
+answer is the tree's sum over all GPUs, an upper bound. Where ``/proc`` cannot be read, the
+tree is the root pid alone.
 
-- :func:`max_process_residual_gib` is a *diagnostic*: the max over ``gpus`` of the process
-  tree's summed usage per GPU (never the sum across GPUs). ``None`` when it cannot be
-  measured: a GPU where no process of the tree is listed, usage the driver hides, a foreign
-  PID namespace (container), a root that is gone, or a probe that failed or timed out.
-  A lost GPU (:class:`~offload_fsm.errors.DeviceUnhealthy`) and a bad id still raise.
-- :func:`max_used_gib` is what the wake gate compares: whole-GPU used memory (every process,
-  co-tenants included), max over ``gpus``. It never answers 0 for "unknown": it raises a
-  :class:`~offload_fsm.errors.ProbeError`.
-- :func:`wait_for_residual` is the real wake gate (``offload_fsm.gate.run_gate`` with
-  ``WakeCondition``): max used <= threshold on every GPU for ``settle`` rounds in a row, or
-  :class:`~offload_fsm.errors.GateTimeout` (with the readings) at ``timeout_s``.
-- :func:`wait_for_engine_release` gates on one engine's own residual after its release
-  returned (the release gate, ``ReleaseCondition``): a release that returns early is waited
-  for, one that leaves memory behind times out.
-- :func:`kill_tree_and_verify` is :func:`offload_fsm.teardown.kill_tree_and_verify`.
+Differences, each safer and each with its way back (docs/migrating.md lists them):
+
+- In a container with its own PID namespace the tree's pids are not the pids nvidia-smi
+  lists; a match would be a stranger's process. Upstream relies on there being no match; here
+  a detected foreign namespace answers None outright. ``pid_namespace="host"`` (keyword only)
+  matches pids as upstream does.
+- A bad ``root_pid`` (not an int, or <= 0: pid 0's "tree" is the whole machine) or
+  ``timeout_s`` (not positive and finite) raises :class:`~offload_fsm.errors.ConfigError`
+  naming it instead of measuring the wrong thing or never returning.
+- Rows nvidia-smi never prints are skipped where upstream would count them: a bus id that is
+  not a PCI address, a negative or non-finite figure, more columns than were asked for.
+
+offload_fsm's own gates (the whole-GPU wake gate, the engine release gate, kill-and-verify)
+live in :mod:`offload_fsm.compat.gates` and are re-exported here for earlier callers.
 """
 
 from __future__ import annotations
 
-import asyncio
-import sys
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from functools import partial, wraps
-from typing import Any, ParamSpec, TypeVar
+import logging
+from collections.abc import Set
 
-import anyio
-
-from offload_fsm.bus import Recorder
-from offload_fsm.clock import RealClock
-from offload_fsm.conditions import ReleaseCondition, WakeCondition
-from offload_fsm.config import (
-    CUDA_CONTEXT_FLOOR_GIB,
-    DEFAULT_RELEASE_MARGIN_GIB,
-    GatePolicy,
-    gib_to_bytes,
-    parse_positive_gib,
-    threshold_from_env,
+from offload_fsm.compat._smi import CSV, check_timeout, run_smi, smi_available
+from offload_fsm.compat.gates import (
+    DEFAULT_RELEASE_LIMIT_GIB,
+    close_default_backend,
+    default_backend,
+    kill_tree_and_verify,
+    kill_tree_and_verify_async,
+    max_process_residual_gib,
+    max_process_residual_gib_async,
+    max_used_gib,
+    max_used_gib_async,
+    wait_for_engine_release,
+    wait_for_engine_release_async,
+    wait_for_residual,
+    wait_for_residual_async,
 )
-from offload_fsm.deadlines import deadline
-from offload_fsm.errors import (
-    ConfigError,
-    DeviceIdError,
-    DeviceUnhealthy,
-    ProbeError,
-    ProbeTimeout,
+from offload_fsm.errors import ConfigError
+from offload_fsm.probe.base import GIB
+from offload_fsm.probe.processes import (
+    FOREIGN,
+    PID_NAMESPACES,
+    ProcessTable,
+    detect_pid_namespace,
 )
-from offload_fsm.gate import GateContext, run_gate
-from offload_fsm.probe.attribution import resident_max
-from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend, ProbeRound
-from offload_fsm.probe.devices import resolve_device, split_ids
-from offload_fsm.probe.processes import ProcessTable, detect_pid_namespace
-from offload_fsm.teardown import TeardownResult
-from offload_fsm.teardown import kill_tree_and_verify as _kill_tree_and_verify
+from offload_fsm.probe.smi import parse_app_rows
 
-T = TypeVar("T")
-P = ParamSpec("P")
-GpuIds = str | Iterable[int | str | GpuDevice]
+logger = logging.getLogger(__name__)
 
-PROBE_TIMEOUT_S = 2.0  # one probe round; a hung driver call is abandoned
-DEFAULT_RELEASE_LIMIT_GIB = CUDA_CONTEXT_FLOOR_GIB + DEFAULT_RELEASE_MARGIN_GIB
-
-_shared: dict[str, ProbeBackend] = {}  # "backend" -> the process-wide backend
+GPU_AWARE_QUERY = "--query-compute-apps=gpu_bus_id,pid,used_memory"
+LEGACY_QUERY = "--query-compute-apps=pid,used_memory"
 
 
-async def default_backend() -> ProbeBackend:
-    """The process-wide backend (NVML, else nvidia-smi), opened on first use."""
-    if "backend" not in _shared:
-        from offload_fsm.probe.select import open_backend
-
-        opened = await open_backend("auto")
-        if "backend" in _shared:  # another caller won the race
-            await opened.aclose()
-        else:
-            _shared["backend"] = opened
-    return _shared["backend"]
-
-
-def close_default_backend() -> None:
-    """Close the shared backend (a later call opens a new one)."""
-    backend = _shared.pop("backend", None)
-    if backend is not None:
-        _run(backend.aclose)
-
-
-def _in_event_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-        return True
-    except RuntimeError:
-        pass
-    trio: Any = sys.modules.get("trio")
-    if trio is not None:
-        try:
-            trio.lowlevel.current_trio_token()
-            return True
-        except RuntimeError:
-            pass
-    return False
-
-
-def _run(fn: Callable[[], Awaitable[T]]) -> T:
-    """Run ``fn`` on an event loop of its own (refused inside a running one: it would block
-    that loop, and nested asyncio loops are an error)."""
-    if not _in_event_loop():
-        return anyio.run(fn)
-    raise ConfigError(
-        "offload_fsm.compat.miles call site",
-        "inside a running event loop",
-        "a thread without one (await the *_async variant there)",
-    )
-
-
-def _sync_form(fn: Callable[P, Awaitable[T]]) -> Callable[P, T]:
-    """The sync form of a ``*_async`` function: the same arguments, run by :func:`_run`."""
-
-    @wraps(fn)
-    def sync(*args: P.args, **kwargs: P.kwargs) -> T:
-        return _run(partial(fn, *args, **kwargs))
-
-    sync.__name__ = sync.__qualname__ = fn.__name__.removesuffix("_async")
-    sync.__doc__ = f"Sync form of :func:`{fn.__name__}`."
-    return sync
-
-
-async def _devices(gpus: GpuIds, backend: ProbeBackend) -> tuple[GpuDevice, ...]:
-    refs: Sequence[int | str | GpuDevice] = split_ids(gpus) if isinstance(gpus, str) else list(gpus)
-    if not refs:
-        raise DeviceIdError("no GPU ids were given")
-    devices = await backend.devices()
-    by_key = {d.key: d for d in devices}
-    nodes = sorted({d.node or "" for d in devices})
-    out: dict[str, GpuDevice] = {}
-    for ref in refs:
-        if isinstance(ref, GpuDevice) or (isinstance(ref, str) and ref in by_key):
-            key = ref.key if isinstance(ref, GpuDevice) else ref
-            if key not in by_key:
-                raise DeviceIdError(f"{key} is not one of the backend's GPUs")
-            dev = by_key[key]
-        elif len(nodes) > 1:  # an index or bus id names one GPU on *each* node
-            raise DeviceIdError(
-                f"GPU id {ref!r} is ambiguous: the backend sees GPUs on nodes {nodes}; "
-                "pass GpuDevice objects or node/uuid keys"
-            )
-        else:
-            dev = resolve_device(ref, devices)
-        if dev.key in out:
-            raise DeviceIdError(f"GPU id {ref!r} names the same GPU as another ({dev.uuid})")
-        out[dev.key] = dev
-    return tuple(out.values())
-
-
-async def _round(backend: ProbeBackend, devices: tuple[GpuDevice, ...]) -> ProbeRound:
-    try:
-        async with deadline(RealClock(), PROBE_TIMEOUT_S):
-            return await backend.probe(devices)
-    except TimeoutError:
-        raise ProbeTimeout(f"probe round took over {PROBE_TIMEOUT_S:g} s") from None
-
-
-# --- max_process_residual_gib -----------------------------------------------------------------
-
-
-async def max_process_residual_gib_async(
-    root_pid: int,
-    gpus: GpuIds,
-    *,
-    backend: ProbeBackend | None = None,
-    pid_namespace: str | None = None,
-    proc_root: str = "/proc",
-) -> float | None:
-    """Max per-GPU residual of ``root_pid``'s process tree on ``gpus`` in GiB, or None when
-    it cannot be measured. ``pid_namespace`` None: detected from ``proc_root``."""
+def _check_pid(root_pid: object) -> int:
     if isinstance(root_pid, bool) or not isinstance(root_pid, int) or root_pid <= 0:
-        raise ConfigError("root_pid", root_pid, "a positive pid")
-    backend = backend or await default_backend()
-    try:
-        devices = await _devices(gpus, backend)
-        rnd = await _round(backend, devices)
-    except (DeviceIdError, DeviceUnhealthy):
-        raise
-    except ProbeError:
+        raise ConfigError("root_pid", root_pid, "a positive pid (or None: cannot measure)")
+    return root_pid
+
+
+def build_process_tree(root_pid: int, proc_root: str = "/proc") -> set[int]:
+    """``root_pid`` and every descendant, from one read of ``proc_root``.
+
+    The GPU memory of an SGLang engine lives in children of the pid MILES holds (the spawn
+    parent), so the whole tree is what is measured. The root is always in the answer, also
+    when it is gone or ``proc_root`` cannot be read (then it is the whole answer)."""
+    root = _check_pid(root_pid)
+    table = ProcessTable.snapshot(proc_root)
+    tree = {root}
+    if not table.available:
+        return tree
+    stack = [root]
+    while stack:
+        for child in table.children(stack.pop()):
+            if child not in tree:
+                tree.add(child)
+                stack.append(child)
+    return tree
+
+
+def parse_compute_apps_per_gpu_max_gb(nvidia_csv: str, tree_pids: Set[int]) -> float | None:
+    """GiB: ``tree_pids``' rows of ``gpu_bus_id,pid,used_memory`` output summed per GPU, the
+    max across GPUs. None when no readable row is the tree's."""
+    rows, _skipped = parse_app_rows(nvidia_csv)
+    per_gpu: dict[str | None, int] = {}
+    for row in rows:
+        if row.pid in tree_pids and row.used_bytes is not None:
+            per_gpu[row.bus_id] = per_gpu.get(row.bus_id, 0) + row.used_bytes
+    if not per_gpu:
+        return None
+    return max(per_gpu.values()) / GIB
+
+
+def parse_compute_apps_used_gb(nvidia_csv: str, tree_pids: Set[int]) -> float | None:
+    """GiB: ``tree_pids``' rows of legacy ``pid,used_memory`` output summed (over every GPU:
+    this output does not say which). None when no readable row is the tree's."""
+    rows, _skipped = parse_app_rows(nvidia_csv, legacy=True)
+    used = [r.used_bytes for r in rows if r.pid in tree_pids and r.used_bytes is not None]
+    if not used:
+        return None
+    return sum(used) / GIB
+
+
+def query_process_tree_gpu_used_gb(
+    root_pid: int | None,
+    timeout_s: float = 5.0,
+    proc_root: str = "/proc",
+    *,
+    pid_namespace: str | None = None,
+) -> float | None:
+    """Max per-GPU resident GiB of ``root_pid``'s process tree, or None when it cannot be
+    measured (see the module doc). ``pid_namespace``: "host", "foreign" or "unknown";
+    None detects it from ``proc_root``."""
+    if root_pid is None:
+        return None
+    root = _check_pid(root_pid)
+    timeout = check_timeout(timeout_s)
+    if pid_namespace is not None and pid_namespace not in PID_NAMESPACES:
+        raise ConfigError("pid_namespace", pid_namespace, f"one of {', '.join(PID_NAMESPACES)}")
+    if not smi_available():
         return None
     namespace = pid_namespace or detect_pid_namespace(proc_root)
-    tree = ProcessTable.snapshot(proc_root).tree(root_pid)
-    if not tree:
+    if namespace == FOREIGN:
+        logger.debug("pid %d lives in a foreign PID namespace: nvidia-smi pids are not ours", root)
         return None
-    resident = resident_max(rnd, tree, pid_namespace=namespace)
-    return None if resident is None else resident / GIB
-
-
-max_process_residual_gib = _sync_form(max_process_residual_gib_async)
-
-
-# --- max_used_gib -----------------------------------------------------------------------------
-
-
-async def max_used_gib_async(gpus: GpuIds, *, backend: ProbeBackend | None = None) -> float:
-    """Whole-GPU used memory in GiB, max over ``gpus``, from one probe round. Raises a
-    :class:`ProbeError` when any GPU's usage cannot be measured (never 0 for unknown)."""
-    backend = backend or await default_backend()
-    devices = await _devices(gpus, backend)
-    rnd = await _round(backend, devices)
-    used = [rnd.memory_of(d).used_bytes for d in devices]
-    unknown = [d.label() for d, u in zip(devices, used) if u is None]
-    if unknown:
-        raise ProbeError(f"used memory is unknown on {', '.join(unknown)}")
-    return max(u for u in used if u is not None) / GIB
-
-
-max_used_gib = _sync_form(max_used_gib_async)
-
-
-# --- wait_for_residual (the wake gate) --------------------------------------------------------
-
-
-async def _open_gate(
-    condition: WakeCondition | ReleaseCondition,
-    devices: tuple[GpuDevice, ...],
-    backend: ProbeBackend,
-    policy: GatePolicy,
-    recorder: Recorder | None,
-    engine_id: str | None,
-) -> tuple[int | None, ...]:
-    """Run the gate until it opens (or raises); the readings of the round that opened it."""
-    result = await run_gate(
-        condition,
-        devices=devices,
-        probe=backend,
-        policy=policy,
-        clock=RealClock(),
-        recorder=recorder,
-        ctx=GateContext(engine_id=engine_id),
+    tree = build_process_tree(root, proc_root=proc_root)
+    out = run_smi([GPU_AWARE_QUERY, CSV], timeout)
+    if out is not None:
+        return parse_compute_apps_per_gpu_max_gb(out, tree)
+    logger.warning(
+        "nvidia-smi could not list processes per GPU; measuring with the legacy pid,used_memory "
+        "query instead (summed over all GPUs: an upper bound for a multi-GPU engine)"
     )
-    assert result.verdict is not None  # fail_open is off: an open gate has a verdict
-    return result.verdict.observed
-
-
-def _threshold_bytes(threshold_gib: float | None) -> int:
-    if threshold_gib is None:
-        return threshold_from_env()[0]
-    return gib_to_bytes(parse_positive_gib("threshold_gib", threshold_gib))
-
-
-async def wait_for_residual_async(
-    gpus: GpuIds,
-    threshold_gib: float | None = None,
-    timeout_s: float = 60.0,
-    settle: int = 3,
-    *,
-    backend: ProbeBackend | None = None,
-    recorder: Recorder | None = None,
-    engine_id: str | None = None,
-) -> float:
-    """Wait until whole-GPU used memory <= ``threshold_gib`` (None:
-    ``MILES_MAX_RESIDUAL_GPU_MEM_GB``, else 8 GiB) on every GPU, ``settle`` rounds in a row.
-    Returns the max used GiB of the round that opened the gate.
-
-    Raises :class:`~offload_fsm.errors.GateTimeout` at ``timeout_s`` (``readings`` per GPU)
-    and :class:`~offload_fsm.errors.GateUnmeasurable` when the probe keeps failing.
-    """
-    threshold = _threshold_bytes(threshold_gib)
-    policy = GatePolicy(deadline_s=timeout_s, settle_samples=settle)
-    backend = backend or await default_backend()
-    devices = await _devices(gpus, backend)
-    condition = WakeCondition(devices, threshold)
-    observed = await _open_gate(condition, devices, backend, policy, recorder, engine_id)
-    return max(b for b in observed if b is not None) / GIB
-
-
-wait_for_residual = _sync_form(wait_for_residual_async)
-
-
-# --- wait_for_engine_release (the release gate) -----------------------------------------------
-
-
-async def wait_for_engine_release_async(
-    root_pid: int,
-    gpus: GpuIds,
-    limit_gib: float = DEFAULT_RELEASE_LIMIT_GIB,
-    timeout_s: float = 30.0,
-    settle: int = 3,
-    *,
-    backend: ProbeBackend | None = None,
-    unmeasured: str = "pass",
-    pid_namespace: str | None = None,
-    proc_root: str = "/proc",
-    recorder: Recorder | None = None,
-    engine_id: str | None = None,
-) -> float | None:
-    """After an engine's release returned: wait until its process tree's residual (max per
-    GPU) <= ``limit_gib`` (default: CUDA context floor + margin, 3 GiB) for ``settle``
-    rounds. Returns the residual in GiB when the gate opened, or None when it could not be
-    measured and ``unmeasured`` is ``"pass"`` (``"fail"``: the gate times out instead; the
-    whole-GPU :func:`wait_for_residual` before the next wake still protects either way).
-    """
-    if isinstance(root_pid, bool) or not isinstance(root_pid, int) or root_pid <= 0:
-        raise ConfigError("root_pid", root_pid, "a positive pid")
-    limit = gib_to_bytes(parse_positive_gib("limit_gib", limit_gib))
-    policy = GatePolicy(deadline_s=timeout_s, settle_samples=settle)
-    backend = backend or await default_backend()
-    devices = await _devices(gpus, backend)
-    tree = ProcessTable.snapshot(proc_root).tree(root_pid)
-    namespace = pid_namespace or detect_pid_namespace(proc_root)
-    condition = ReleaseCondition(devices, lambda: tree, limit, unmeasured, namespace)
-    observed = await _open_gate(condition, devices, backend, policy, recorder, engine_id)
-    known = [b for b in observed if b is not None]
-    return max(known) / GIB if known else None
-
-
-wait_for_engine_release = _sync_form(wait_for_engine_release_async)
-
-
-# --- teardown ---------------------------------------------------------------------------------
-
-
-async def kill_tree_and_verify_async(
-    root_pid: int,
-    gpus: GpuIds,
-    threshold_gib: float | None = None,
-    timeout_s: float = 30.0,
-    *,
-    backend: ProbeBackend | None = None,
-    term_grace_s: float = 5.0,
-    kill_grace_s: float = 5.0,
-    engine_id: str | None = None,
-) -> TeardownResult:
-    """Kill ``root_pid``'s whole tree (SIGTERM, then SIGKILL), then wait until whole-GPU used
-    memory on ``gpus`` is back under ``threshold_gib`` (see :mod:`offload_fsm.teardown`)."""
-    threshold = _threshold_bytes(threshold_gib)
-    backend = backend or await default_backend()
-    devices = await _devices(gpus, backend)
-    return await _kill_tree_and_verify(
-        root_pid,
-        devices,
-        backend,
-        timeout_s,
-        threshold_bytes=threshold,
-        term_grace_s=term_grace_s,
-        kill_grace_s=kill_grace_s,
-        engine_id=engine_id,
-    )
-
-
-kill_tree_and_verify = _sync_form(kill_tree_and_verify_async)
+    out = run_smi([LEGACY_QUERY, CSV], timeout)
+    if out is None:
+        return None
+    return parse_compute_apps_used_gb(out, tree)
 
 
 __all__ = [
     "DEFAULT_RELEASE_LIMIT_GIB",
+    "build_process_tree",
     "close_default_backend",
     "default_backend",
     "kill_tree_and_verify",
@@ -374,6 +172,9 @@ __all__ = [
     "max_process_residual_gib_async",
     "max_used_gib",
     "max_used_gib_async",
+    "parse_compute_apps_per_gpu_max_gb",
+    "parse_compute_apps_used_gb",
+    "query_process_tree_gpu_used_gb",
     "wait_for_engine_release",
     "wait_for_engine_release_async",
     "wait_for_residual",
