@@ -6,6 +6,7 @@ from typing import TextIO
 
 from offload_fsm.drivers.runner import RunOutcome
 from offload_fsm.errors import OffloadFsmError
+from offload_fsm.redact import redact
 
 
 def print_report(outcome: RunOutcome, out: TextIO, *, plot: bool = True) -> int:
@@ -32,7 +33,7 @@ def print_report(outcome: RunOutcome, out: TextIO, *, plot: bool = True) -> int:
         except OffloadFsmError as exc:  # the plot extra is not installed: say so, go on
             out.write(f"timeline:  not drawn ({exc})\n")
     if outcome.error is not None:
-        out.write(f"error: {type(outcome.error).__name__}: {outcome.error}\n")
+        out.write(redact(f"error: {type(outcome.error).__name__}: {outcome.error}") + "\n")
     if not result.ok:
         out.write(f"replay found {result.violation_count} invariant violation(s)\n")
     return 0 if outcome.status == "ok" and result.ok else 1
