@@ -1,9 +1,9 @@
 """Secrets never leak: a run configured with credentials (a password in an engine URL, an API
 key sent as ``Authorization: Bearer``) is run through the real driver
 (``drivers/run_miles_rlix.py --config``) against engines that fail, and every artefact is
-scanned for the secret: the event log, the driver's stdout and stderr, the timeline PNG where
-drawn, the structlog output (file and console), ``offload-fsm replay`` (text, ``--json``,
-``--engine``) and the ``offload-fsm trace`` JSON.
+scanned for the secret: the event log, the driver's stdout (live progress lines, summary,
+report) and stderr, the timeline PNG where drawn, the structlog output (file and console),
+``offload-fsm replay`` (text, ``--json``, ``--engine``) and the ``offload-fsm trace`` JSON.
 
 The engines fail in the ways that quote a URL or an answer: a closed port (the URL lands in
 ``EngineUnreachable``), and a server that answers 401 echoing the request's
@@ -111,7 +111,7 @@ def _artefacts(
     """Run the driver, then every command that reads its log; every output by name."""
     proc = subprocess.run(
         [
-            *(sys.executable, "drivers/run_miles_rlix.py", "--config", str(config), "--quiet"),
+            *(sys.executable, "drivers/run_miles_rlix.py", "--config", str(config)),
             *("--rollout", "0.1", "--train", "0.1", "--out", str(tmp_path / "runs")),
             *("--run-id", "sec"),
         ],
