@@ -218,7 +218,7 @@ async def _run(opts: RunOptions, clock: Clock, world: World, out: TextIO) -> Run
         time.perf_counter() - wall0,
         clock.now() - t0,
         recorder.last.seq if recorder.last else 0,
-        stop.received if status == "cancelled" else None,
+        None if status == "ok" else stop.received,  # a signal that cut the run short
     )
 
 
