@@ -27,8 +27,16 @@ import pytest
 import structlog
 
 from offload_fsm import cli
-from offload_fsm.eventlog import read_events
+from offload_fsm.eventlog import EventLogWriter, read_events
+from offload_fsm.events import (
+    AdapterCallFailed,
+    EngineRegistered,
+    RunFinished,
+    RunStarted,
+    Transition,
+)
 from offload_fsm.logs import configure_logging, get_logger, log_event, reset_logging
+from offload_fsm.probe.base import GIB
 from offload_fsm.redact import MASK, redact, register_secret
 from offload_fsm.replay import replay_path
 from tests.reliability.test_probe_faults import SmiGpu
@@ -258,3 +266,44 @@ def test_redact_leaves_ordinary_text_alone_and_hides_registered_values_anywhere(
     )
     register_secret("ab")  # too short to register: it would garble every message
     assert redact("a table") == "a table"
+
+
+def test_reports_of_a_log_written_before_redaction_hide_its_secrets(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """A log from before redaction existed holds the password in its reasons: replay (text,
+    ``--json``, ``--engine``), trace and structlog still print none of it."""
+    leaked = f"EngineUnreachable: POST http://user:{SECRET}@127.0.0.1:9/abort_request"
+    ids = {"run_id": "old", "engine_id": "e", "gpus": ("GPU-0",)}
+    events = [
+        RunStarted(seq=1, ts=1.0, run_id="old", tool_version="0", threshold_bytes=GIB,
+                   settle_samples=1, fail_open=False, backend="fake"),
+        EngineRegistered(seq=2, ts=1.0, role="engine", adapter="sglang",
+                         initial_state="active", **ids),
+        Transition(seq=3, ts=1.1, src="active", dst="releasing", trigger="release", **ids),
+        AdapterCallFailed(seq=4, ts=1.2, call="prepare_release", elapsed_s=0.1,
+                          error_type="EngineUnreachable", error=leaked, **ids),
+        Transition(seq=5, ts=1.2, src="releasing", dst="failed", trigger="fail",
+                   reason=f"release failed: {leaked}", **ids),
+        RunFinished(seq=6, ts=1.3, run_id="old", status="failed", reason=leaked),
+    ]  # fmt: skip
+    log = tmp_path / "old.jsonl"
+    with EventLogWriter(log) as writer:
+        writer.write_many(events)
+    assert SECRET.encode() in log.read_bytes()  # the old log does hold it
+    out: dict[str, bytes] = {}
+    for name, argv in [
+        ("replay", ["replay", str(log)]),
+        ("replay --json", ["replay", "--json", str(log)]),
+        ("replay --engine", ["replay", str(log), "--engine", "e"]),
+        ("trace", ["trace", str(log), "-o", str(tmp_path / "t.json")]),
+    ]:
+        cli.main(argv)
+        captured = capsysbinary.readouterr()
+        out[name] = captured.out + captured.err
+    out["trace json"] = (tmp_path / "t.json").read_bytes()
+    out.update(_structlog_of(log, tmp_path / "structlog.jsonl"))
+    leaks = [name for name, data in out.items() if SECRET.encode() in data]
+    assert not leaks, leaks
+    assert b"http://user:***@127.0.0.1:9" in out["replay --engine"], out["replay --engine"]
+    assert b"http://user:***@127.0.0.1:9" in out["trace json"]
