@@ -25,6 +25,7 @@ unchanged, so a boundary may apply it to text that an inner boundary already cle
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,13 +50,19 @@ _SECRET_PAIR = re.compile(
     re.IGNORECASE,
 )
 
-_registered: set[str] = set()
+# Longest first (no half-masks), replaced whole on each registration so that a reader in
+# another thread always iterates a complete tuple.
+_registered: tuple[str, ...] = ()
+_registering = threading.Lock()
 
 
 def register_secret(value: str | None) -> None:
     """Hide ``value`` from everything :func:`redact` cleans, from now on in this process."""
+    global _registered
     if value and len(value) >= MIN_REGISTERED and value != MASK:
-        _registered.add(value)
+        with _registering:
+            if value not in _registered:
+                _registered = tuple(sorted({*_registered, value}, key=len, reverse=True))
 
 
 def register_url(url: str) -> None:
@@ -93,7 +100,7 @@ def redact(text: str) -> str:
     """``text`` with every secret described in the module docstring replaced by ``***``."""
     if not text:
         return text
-    for value in sorted(_registered, key=len, reverse=True):  # longest first: no half-masks
+    for value in _registered:
         if value in text:
             text = text.replace(value, MASK)
     if "://" in text and "@" in text:
