@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from offload_fsm import __version__
 from offload_fsm.errors import OffloadFsmError
+from offload_fsm.redact import redact
 
 COMMAND_MODULES = ("demo", "probe", "doctor", "gate", "replay", "trace", "plot")
 
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run(args)
     except OffloadFsmError as exc:
-        print(f"offload-fsm {args.command}: error: {exc}", file=sys.stderr)
+        print(redact(f"offload-fsm {args.command}: error: {exc}"), file=sys.stderr)
         return int(getattr(exc, "exit_code", EXIT_USER_ERROR))
     except KeyboardInterrupt:
         print(f"offload-fsm {args.command}: interrupted", file=sys.stderr)

@@ -22,6 +22,8 @@ A TOML (``.toml``) or JSON (``.json``) file::
     url = "http://127.0.0.1:30000"
     root_pid = 12345             # the launcher's pid: its process tree is the engine's
     gpus = [0]                   # physical NVML indices, UUIDs or PCI bus ids
+    api_key = "..."              # optional: sent as "Authorization: Bearer ..." (the
+                                 # server's --api-key); never logged (offload_fsm.redact)
 
     [[engine]]
     id = "p1.trainer"
@@ -33,7 +35,9 @@ A TOML (``.toml``) or JSON (``.json``) file::
     gpus = [0]
 
 Unknown keys, wrong types and missing keys are :class:`ConfigError` naming the file and the key
-path (``engine[1].url``); nothing is guessed.
+path (``engine[1].url``); nothing is guessed. A URL's password (``http://user:pw@host``) and an
+``api_key`` are registered as secrets as the file is read, so no event, log line, error or
+report names them (:mod:`offload_fsm.redact`).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from offload_fsm.errors import ConfigError
+from offload_fsm.redact import register_secret, register_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -82,6 +87,7 @@ class EngineConfig:
     root_pid: int | None = None
     offload: str | None = None
     onload: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # a secret: never in a repr
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,9 +176,24 @@ def _engine(item: Any, where: str) -> EngineConfig:
     _table(item, where)
     _only(
         item,
-        {"id", "pipeline", "role", "adapter", "gpus", "url", "root_pid", "offload", "onload"},
+        {
+            "id",
+            "pipeline",
+            "role",
+            "adapter",
+            "gpus",
+            "url",
+            "root_pid",
+            "offload",
+            "onload",
+            "api_key",
+        },
         where,
     )
+    if isinstance(item.get("url"), str):
+        register_url(item["url"])  # before anything can quote it in an error
+    if isinstance(item.get("api_key"), str):
+        register_secret(item["api_key"])
     eid = _required(item, "id", str, where)
     role = _required(item, "role", str, where)
     if role not in ROLES:
@@ -193,12 +214,23 @@ def _engine(item: Any, where: str) -> EngineConfig:
         root_pid=_optional(item, "root_pid", int, where),
         offload=_optional(item, "offload", str, where),
         onload=_optional(item, "onload", str, where),
+        api_key=_optional(item, "api_key", str, where),
     )
     if adapter in ("sglang", "vllm"):
         if cfg.url is None:
             raise ConfigError(f"{where}.url", None, f"the {adapter} server's URL")
         if cfg.offload or cfg.onload:
             raise ConfigError(f"{where}.offload", cfg.offload, "only for adapter = 'trainer'")
+        if cfg.api_key is not None:
+            if not cfg.api_key.strip() or cfg.api_key != cfg.api_key.strip():
+                raise ConfigError(f"{where}.api_key", "***", "a non-empty key without spaces")
+            if "@" in cfg.url.partition("://")[2].split("/", 1)[0]:
+                # httpx turns a URL's user-info into Basic auth, which would replace the key
+                raise ConfigError(
+                    f"{where}.api_key", "***", "either api_key or user-info in the url, not both"
+                )
+    elif cfg.api_key is not None:
+        raise ConfigError(f"{where}.api_key", "***", "only for adapter = 'sglang' or 'vllm'")
     elif cfg.offload is None or cfg.onload is None:
         raise ConfigError(
             f"{where}.offload/onload", (cfg.offload, cfg.onload), '"module:function" for both'

@@ -19,6 +19,7 @@ from offload_fsm.deadlines import RoundDeadlines
 from offload_fsm.engine_spec import Engine
 from offload_fsm.errors import EngineCallTimeout, EngineError, OffloadFsmError
 from offload_fsm.events import AdapterCallFailed, AdapterCallFinished, AdapterCallStarted
+from offload_fsm.redact import redact
 
 
 async def call_engine(
@@ -52,7 +53,7 @@ async def call_engine(
     except OffloadFsmError:
         raise
     except Exception as exc:  # an adapter bug or an unmapped error: still the engine's
-        error = EngineError(eng.id, name, f"{type(exc).__name__}: {exc}")
+        error = EngineError(eng.id, name, redact(f"{type(exc).__name__}: {exc}"))
         error.__cause__ = exc
     elapsed = clock.now() - t0
     if error is not None:
@@ -62,7 +63,7 @@ async def call_engine(
                 call=name,
                 elapsed_s=elapsed,
                 error_type=type(error).__name__,
-                error=str(error),
+                error=redact(str(error)),  # an adapter outside this package may not have
                 **ids,
             )
         raise error

@@ -35,6 +35,7 @@ from offload_fsm.errors import (
 from offload_fsm.events import GateDecision, GateFailOpen, GateTimedOut, MemorySample
 from offload_fsm.frozen_init import fast_frozen_init
 from offload_fsm.probe.base import MIB, GpuDevice, ProbeBackend, ProbeRound
+from offload_fsm.redact import redact
 
 
 @fast_frozen_init
@@ -373,5 +374,6 @@ class _GateEvents:
 async def _fail_open(
     events: _GateEvents, error: ProbeError, elapsed: float, attempts: int
 ) -> GateResult:
-    await events.emit(GateFailOpen, error=f"{type(error).__name__}: {error}", elapsed_s=elapsed)
+    error_text = redact(f"{type(error).__name__}: {error}")
+    await events.emit(GateFailOpen, error=error_text, elapsed_s=elapsed)
     return GateResult(True, True, attempts, elapsed, None, None, unmeasured=True)

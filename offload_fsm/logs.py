@@ -10,6 +10,10 @@ Every event kind logs under one namespaced name, ``offload_fsm.<kind>`` (e.g.
 ``offload_fsm.transition``, ``offload_fsm.gate_decision``); :func:`log_events` is the bus
 subscriber that logs each event under its name with its fields.
 
+Every line is redacted (:func:`offload_fsm.redact.redact_value` on every field, nested ones
+and the JSON file's tracebacks included, as the last step before rendering): a URL's
+user-info, an ``Authorization`` value or an API key never reaches a log file or the console.
+
 Before :func:`configure_logging` runs, :func:`get_logger` loggers still go to the standard
 ``logging`` module, so an application that configured logging its own way sees them there.
 """
@@ -30,6 +34,7 @@ from structlog.typing import Processor
 from offload_fsm.bus import Subscription
 from offload_fsm.errors import ConfigError
 from offload_fsm.events import KINDS, Event
+from offload_fsm.redact import redact_value
 
 NAMESPACE = "offload_fsm"  # the stdlib logger name and the prefix of every event name
 
@@ -119,6 +124,7 @@ def configure_logging(
                 processors=[
                     structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.dict_tracebacks,
+                    redact_fields,
                     structlog.processors.JSONRenderer(),
                 ],
             )
@@ -132,6 +138,7 @@ def configure_logging(
                 foreign_pre_chain=shared,
                 processors=[
                     structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    redact_fields,
                     structlog.dev.ConsoleRenderer(colors=_isatty(stream)),
                 ],
             )
@@ -159,6 +166,11 @@ def configure_logging(
         handler.setLevel(number)
         root.addHandler(handler)
     _installed.extend(handlers)
+
+
+def redact_fields(_logger: Any, _method: str, event_dict: Any) -> Any:
+    """structlog processor: every field of the line redacted (the message too)."""
+    return {key: redact_value(value) for key, value in event_dict.items()}
 
 
 def reset_logging() -> None:

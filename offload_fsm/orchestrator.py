@@ -47,6 +47,7 @@ from offload_fsm.probe.attribution import Attribution
 from offload_fsm.probe.base import GpuDevice, ProbeBackend, ProbeRound, rounds_are_cheap
 from offload_fsm.probe.processes import ProcessTable, detect_pid_namespace, read_process
 from offload_fsm.probe.shared import SharedRounds
+from offload_fsm.redact import redact_optional
 
 
 class Orchestrator:
@@ -101,8 +102,9 @@ class Orchestrator:
         )
 
     async def finish_run(self, status: str, reason: str | None = None) -> None:
+        """Write ``run_finished``; ``reason`` (often an error's text) is redacted."""
         with anyio.CancelScope(shield=True):
-            await self.recorder.emit(RunFinished, status=status, reason=reason)
+            await self.recorder.emit(RunFinished, status=status, reason=redact_optional(reason))
 
     async def register(self, spec: EngineSpec) -> Engine:
         if spec.engine_id in self.engines:

@@ -7,6 +7,9 @@ A *gate wait* is the time from entering ``gated`` to entering ``waking``; waits 
 whole run; *residual* peaks from memory samples taken while every engine on the GPU was slept
 or gated, and from the readings wake gates opened on (what offloading left behind and what the
 next engine woke onto, co-tenants included).
+
+Free text from the log (reasons, evidence, violation messages, notes) is redacted
+(:mod:`offload_fsm.redact`): a log written before redaction existed may hold a secret.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 import msgspec
 
 from offload_fsm.lifecycle import State
+from offload_fsm.redact import redact, redact_optional
 from offload_fsm.replay import RULE_TEXT, ReplayResult, Violation, gib, short_gpu
 
 STATE_ORDER: tuple[str, ...] = tuple(s.value for s in State)
@@ -155,7 +159,16 @@ def summarize(result: ReplayResult, *, engine_id: str | None = None) -> Summary:
     history = None
     if engine_id is not None and result.history is not None:
         history = tuple(
-            HistoryRow(line, t.seq, t.ts, t.src, t.dst, t.trigger, t.reason, t.evidence)
+            HistoryRow(
+                line,
+                t.seq,
+                t.ts,
+                t.src,
+                t.dst,
+                t.trigger,
+                redact_optional(t.reason),
+                redact_optional(t.evidence),
+            )
             for line, t in result.history
         )
     all_waits = [w for e in result.engines.values() for w in e.gate_waits]
@@ -193,14 +206,14 @@ def summarize(result: ReplayResult, *, engine_id: str | None = None) -> Summary:
         failures=dict(sorted(result.failures.items())),
         violation_count=result.violation_count,
         violations=tuple(_violation(v) for v in result.violations),
-        notes=tuple(result.notes),
+        notes=tuple(redact(n) for n in result.notes),
         kinds=dict(sorted(result.kinds.items())),
         history=history,
     )
 
 
 def _violation(v: Violation) -> ViolationSummary:
-    return ViolationSummary(v.rule.value, v.line, v.seq, v.engine_id, v.gpus, v.message)
+    return ViolationSummary(v.rule.value, v.line, v.seq, v.engine_id, v.gpus, redact(v.message))
 
 
 def to_json(summary: Summary) -> bytes:
@@ -367,7 +380,7 @@ def render_states(result: ReplayResult, engine_id: str | None = None) -> str:
                         t.src,
                         t.dst,
                         t.trigger,
-                        t.reason or t.evidence or "",
+                        redact(t.reason or t.evidence or ""),
                     )
                     for line, t in result.history
                 ),

@@ -35,6 +35,7 @@ from offload_fsm.events import (
     RunFinished,
     RunStarted,
 )
+from offload_fsm.redact import redact, redact_optional
 from offload_fsm.replay import GIB, EngineTrack, ReplayResult, replay_path, short_gpu
 
 ENGINES_PID = 1
@@ -160,7 +161,7 @@ class TraceWriter:
                 event.ts,
                 self._tids.get(event.engine_id or ""),
                 "gate",
-                error=event.error,
+                error=redact(event.error),
                 line=line,
             )
         elif isinstance(event, GateTimedOut):
@@ -180,7 +181,11 @@ class TraceWriter:
             self._run_id = event.run_id
         elif isinstance(event, RunFinished):
             self._instant(
-                f"run finished: {event.status}", event.ts, None, "run", reason=event.reason
+                f"run finished: {event.status}",
+                event.ts,
+                None,
+                "run",
+                reason=redact_optional(event.reason),
             )
 
     def _gate_decision(self, line: int, ev: GateDecision) -> None:
@@ -210,7 +215,7 @@ class TraceWriter:
         name = ev.call
         if isinstance(ev, AdapterCallFailed):
             name = f"{ev.call} FAILED"
-            args.update(error_type=ev.error_type, error=ev.error)
+            args.update(error_type=ev.error_type, error=redact(ev.error))
         self._span(name, self._tids[eid] + 1, start, ev.ts, **args)
 
     def _phase(self, ev: PhaseChanged) -> None:
@@ -237,7 +242,7 @@ class TraceWriter:
                 v.ts if v.ts is not None else end,
                 self._tids.get(v.engine_id or ""),
                 "violation",
-                message=v.message,
+                message=redact(v.message),
                 line=v.line,
                 gpus=[short_gpu(g) for g in v.gpus],
             )

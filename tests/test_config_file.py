@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -11,8 +14,9 @@ from offload_fsm.adapters.sim_model import Footprint
 from offload_fsm.adapters.sim_proc import ledger_dir_source
 from offload_fsm.adapters.sim_server import SimServerProcess
 from offload_fsm.config_file import load_hook, load_run_config
+from offload_fsm.drivers.config_world import build_config_world
 from offload_fsm.drivers.runner import RunOptions, run_configured
-from offload_fsm.errors import ConfigError
+from offload_fsm.errors import ConfigError, EngineError
 from offload_fsm.probe.base import GIB
 from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
 from offload_fsm.replay import replay_path
@@ -169,3 +173,67 @@ async def test_driver_runs_real_http_engines_from_a_config(tmp_path: Path) -> No
         "p1.engine1": "slept",
         "p1.trainer": "slept",
     }
+
+
+def _with_key(url: str, key: str, adapter: str = "sglang") -> str:
+    text = ENGINES.replace("URL0", url).replace("URL1", "http://127.0.0.1:2")
+    text = text.replace("PID0", "11").replace("PID1", "12")
+    engine0 = 'adapter = "sglang"\nurl = "' + url + '"'
+    assert engine0 in text
+    return text.replace(engine0, f'adapter = "{adapter}"\nurl = "{url}"\napi_key = "{key}"', 1)
+
+
+def test_api_key_is_read_kept_out_of_reprs_and_checked(tmp_path: Path) -> None:
+    cfg = load_run_config(_write(tmp_path, _with_key("http://127.0.0.1:1", "Kq-key-1234")))
+    assert cfg.engines[0].api_key == "Kq-key-1234"
+    assert "Kq-key-1234" not in repr(cfg)  # a repr in a traceback or a debugger stays clean
+    for url, key, says in [
+        ("http://127.0.0.1:1", " Kq-key-1234", "without spaces"),
+        ("http://127.0.0.1:1", "", "non-empty"),
+        ("http://u:Kq-pw-5678@127.0.0.1:1", "Kq-key-1234", "not both"),
+    ]:
+        with pytest.raises(ConfigError, match=says) as info:
+            load_run_config(_write(tmp_path, _with_key(url, key)))
+        assert "Kq-key-1234" not in str(info.value) and "Kq-pw-5678" not in str(info.value)
+    trainer_key = ENGINES.replace(
+        'onload = "tests.config_hooks:onload"',
+        'api_key = "Kq-x-999"\nonload = "tests.config_hooks:onload"',
+    )
+    with pytest.raises(ConfigError, match="only for adapter"):
+        load_run_config(_write(tmp_path, trainer_key.replace("PID0", "1").replace("PID1", "2")))
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("adapter", ["sglang", "vllm"])
+async def test_api_key_is_sent_as_a_bearer_token(tmp_path: Path, adapter: str) -> None:
+    """What SGLang's and vLLM's ``--api-key`` check (docs/integration.md), on a real socket."""
+    seen: list[str | None] = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Length", "4")
+            self.end_headers()
+            self.wfile.write(b"null")
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        cfg = load_run_config(_write(tmp_path, _with_key(url, "Kq-key-1234", adapter)))
+        world = await build_config_world(cfg, FakeBackend(FakeGpus(make_devices(2))), "host")
+        try:
+            with contextlib.suppress(EngineError):  # what it answers does not matter here
+                await world.adapters[0].release(None)
+        finally:
+            await world.aclose()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen and set(seen) == {"Bearer Kq-key-1234"}

@@ -10,6 +10,7 @@ from typing import Any
 import anyio.to_thread
 
 from offload_fsm.errors import EngineError
+from offload_fsm.redact import redact
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -51,5 +52,5 @@ async def call_hook(
         raise
     except Exception as exc:  # user code may raise anything; cancellation passes through
         raise EngineError(
-            engine_id, call, f"{hook} hook raised {exc!r}" if hook else f"{exc!r}"
+            engine_id, call, redact(f"{hook} hook raised {exc!r}" if hook else f"{exc!r}")
         ) from exc

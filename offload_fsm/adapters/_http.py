@@ -9,6 +9,10 @@ Every httpx failure is mapped here, at the boundary, into the project's error tr
     any other httpx.HTTPError                             -> EngineError
     an answer with status >= 400                          -> EngineError ("HTTP 500: <body>")
     an answer that should be JSON and is not              -> EngineError
+
+Every message is built from the URL with its user-info masked and passed through
+:func:`offload_fsm.redact.redact` (a body that echoes a key back is cleaned too): credentials
+in the URL or in an ``Authorization`` header never reach an error, an event or a log.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import httpx
 from offload_fsm.adapters._calls import call_hook
 from offload_fsm.adapters.base import check_process_root
 from offload_fsm.errors import ConfigError, EngineCallTimeout, EngineError, EngineUnreachable
+from offload_fsm.redact import redact, register_header, register_url
 
 BODY_EXCERPT_CHARS = 300
 
@@ -33,7 +38,7 @@ def body_excerpt(response: httpx.Response) -> str:
         text = response.text
     except (UnicodeDecodeError, LookupError):
         text = repr(response.content[:BODY_EXCERPT_CHARS])
-    text = " ".join(text.split())
+    text = redact(" ".join(text.split()))
     if len(text) > BODY_EXCERPT_CHARS:
         text = text[:BODY_EXCERPT_CHARS] + "..."
     return text or "<empty body>"
@@ -82,14 +87,20 @@ class HttpEngineClient:
     ) -> None:
         if not isinstance(engine_id, str) or not engine_id:
             raise ConfigError("engine_id", engine_id, "a non-empty string")
+        if isinstance(base_url, str):
+            register_url(base_url)
+        for name, value in (headers or {}).items():
+            register_header(name, value)
+        shown = redact(base_url) if isinstance(base_url, str) else base_url
         try:
             url = httpx.URL(base_url)
         except (httpx.InvalidURL, TypeError) as exc:
-            raise ConfigError("base_url", base_url, "an http(s) URL") from exc
+            raise ConfigError("base_url", shown, "an http(s) URL") from exc
         if url.scheme not in ("http", "https") or not url.host:
-            raise ConfigError("base_url", base_url, "an http(s) URL with a host")
+            raise ConfigError("base_url", shown, "an http(s) URL with a host")
         self.engine_id = engine_id
-        self.base_url = str(url).rstrip("/")
+        self.base_url = str(url).rstrip("/")  # with its user-info: httpx sends it as Basic auth
+        self.shown_url = redact(self.base_url)  # what messages name
         self.timeout_s = check_timeout("timeout_s", timeout_s)
         # trust_env=False: a proxy from the environment must never sit between us and an
         # engine on loopback or the cluster network.
@@ -115,7 +126,7 @@ class HttpEngineClient:
         """Send one request; transport failures become EngineError subclasses, and so does a
         status >= 400 (with a body excerpt) unless ``any_status`` (the caller reads it)."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
-        where = f"{method} {self.base_url}{path}"
+        where = f"{method} {self.shown_url}{path}"
         try:
             response = await self._client.request(
                 method,
@@ -126,14 +137,14 @@ class HttpEngineClient:
             )
         except httpx.TimeoutException as exc:
             raise EngineCallTimeout(
-                self.engine_id, call, f"{where}: no answer within {timeout:g} s ({exc!r})"
+                self.engine_id, call, redact(f"{where}: no answer within {timeout:g} s ({exc!r})")
             ) from exc
         except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
             raise EngineUnreachable(
-                self.engine_id, call, f"{where}: engine unreachable ({exc!r})"
+                self.engine_id, call, redact(f"{where}: engine unreachable ({exc!r})")
             ) from exc
         except httpx.HTTPError as exc:
-            raise EngineError(self.engine_id, call, f"{where}: {exc!r}") from exc
+            raise EngineError(self.engine_id, call, redact(f"{where}: {exc!r}")) from exc
         if not any_status:
             self.raise_for_status(call, response)
         return response
@@ -190,7 +201,8 @@ class HttpAdapter:
 
     @property
     def base_url(self) -> str:
-        return self._http.base_url
+        """The engine's URL for display: its user-info masked (see offload_fsm.redact)."""
+        return self._http.shown_url
 
     @property
     def process_root(self) -> int | None:

@@ -10,7 +10,9 @@ drops and a co-tenant visits a shared GPU.
 4+ GPUs run the dual topology; fewer run one pipeline whose trainer shares GPU 0.
 
 Writes the event log, prints live progress, then the replayed summary (and a timeline PNG
-with the plot extra). Exit 0 when the run succeeded and its log replays clean.
+with the plot extra). Exit 0 when the run succeeded and its log replays clean; SIGINT,
+SIGTERM or SIGHUP cancel the step in progress, end the log with ``run_finished``
+(``cancelled``, the signal named) and exit 128 + the signal (130, 143, 129).
 """
 
 from __future__ import annotations

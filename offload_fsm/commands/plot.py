@@ -8,6 +8,7 @@ from typing import Any
 
 from offload_fsm.commands import add_log_argument
 from offload_fsm.errors import EventDecodeError
+from offload_fsm.redact import redact
 
 
 def register(sub: Any) -> None:
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = plot_log(args.log, args.output, until=args.until)
     except EventDecodeError as exc:
-        print(f"offload-fsm plot: {args.log}: {exc}", file=sys.stderr)
+        print(redact(f"offload-fsm plot: {args.log}: {exc}"), file=sys.stderr)
         return 2
     print(f"wrote {args.output}: {result.violation_count} violation(s)")
     return 1 if result.violation_count else 0

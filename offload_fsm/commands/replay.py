@@ -13,6 +13,7 @@ from typing import Any
 
 from offload_fsm.commands import add_command, add_log_argument
 from offload_fsm.errors import ConfigError, OffloadFsmError
+from offload_fsm.redact import redact
 from offload_fsm.replay import ReplayResult, replay_path
 from offload_fsm.summary import render, render_states, summarize, to_json
 
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             args.log, until=args.until, history_for=args.engine, observers=observers
         )
     except OffloadFsmError as exc:
-        print(f"offload-fsm replay: {args.log}: {exc}", file=sys.stderr)
+        print(redact(f"offload-fsm replay: {args.log}: {exc}"), file=sys.stderr)
         return EXIT_UNREADABLE
     if args.engine is not None and args.engine not in result.engines:
         known = ", ".join(result.engines) or "none"
@@ -94,8 +95,8 @@ def _print(result: ReplayResult, args: argparse.Namespace) -> None:
         print(render_states(result, args.engine))
         print(f"\n{result.violation_count} violation(s) up to here")
         for v in result.violations[:50]:
-            print(f"  {v}")
+            print(redact(f"  {v}"))
         for note in result.notes:
-            print(f"  note: {note}")
+            print(redact(f"  note: {note}"))
         return
     print(render(summary))

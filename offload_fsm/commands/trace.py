@@ -8,6 +8,7 @@ from typing import Any
 
 from offload_fsm.commands import add_log_argument
 from offload_fsm.errors import OffloadFsmError
+from offload_fsm.redact import redact
 from offload_fsm.trace import write_trace
 
 
@@ -23,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result, stats = write_trace(args.log, args.output, until=args.until)
     except OffloadFsmError as exc:
-        print(f"offload-fsm trace: {args.log}: {exc}", file=sys.stderr)
+        print(redact(f"offload-fsm trace: {args.log}: {exc}"), file=sys.stderr)
         return 2
     print(
         f"wrote {args.output}: {stats.trace_events} trace events, {stats.engines} engines, "

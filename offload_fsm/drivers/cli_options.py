@@ -107,6 +107,7 @@ def run_options(
         ),
         progress=not args.quiet,
         command=command,
+        stop_on_signals=True,  # a command: SIGINT, SIGTERM and SIGHUP end it cleanly
         sim=SimOptions(
             gpu_count=parse_positive_int("--gpus", args.gpus),
             gpu_total_gib=parse_positive_gib("--gpu-gib", args.gpu_gib),

@@ -86,12 +86,14 @@ async def build_config_world(
 
 def _adapter(eng: EngineConfig, world: ConfigWorld) -> EngineAdapter:
     adapter: EngineAdapter
+    # SGLang's and vLLM's --api-key both check "Authorization: Bearer <key>" (docs/integration.md)
+    headers = None if eng.api_key is None else {"Authorization": f"Bearer {eng.api_key}"}
     if eng.adapter == "sglang":
         assert eng.url is not None
-        adapter = SGLangAdapter(eng.id, eng.url, process_root=eng.root_pid)
+        adapter = SGLangAdapter(eng.id, eng.url, process_root=eng.root_pid, headers=headers)
     elif eng.adapter == "vllm":
         assert eng.url is not None
-        adapter = VLLMAdapter(eng.id, eng.url, process_root=eng.root_pid)
+        adapter = VLLMAdapter(eng.id, eng.url, process_root=eng.root_pid, headers=headers)
     else:
         assert eng.offload is not None and eng.onload is not None
         adapter = TrainerAdapter(

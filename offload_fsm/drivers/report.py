@@ -5,13 +5,16 @@ from __future__ import annotations
 from typing import TextIO
 
 from offload_fsm.drivers.runner import RunOutcome
+from offload_fsm.drivers.stop_signals import exit_code, signal_name
 from offload_fsm.errors import OffloadFsmError
+from offload_fsm.redact import redact
 
 
 def print_report(outcome: RunOutcome, out: TextIO, *, plot: bool = True) -> int:
     """Replay the run's own log (the same checks ``offload-fsm replay`` makes), print the
     summary, draw the timeline where the plot extra is installed. Exit code: 0 when the run
-    succeeded and its log replays clean, 1 otherwise."""
+    succeeded and its log replays clean, 128 + the signal's number when a stop signal
+    cancelled it (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP), 1 otherwise."""
     from offload_fsm.replay import replay_path
     from offload_fsm.summary import render, summarize
 
@@ -32,7 +35,13 @@ def print_report(outcome: RunOutcome, out: TextIO, *, plot: bool = True) -> int:
         except OffloadFsmError as exc:  # the plot extra is not installed: say so, go on
             out.write(f"timeline:  not drawn ({exc})\n")
     if outcome.error is not None:
-        out.write(f"error: {type(outcome.error).__name__}: {outcome.error}\n")
+        out.write(redact(f"error: {type(outcome.error).__name__}: {outcome.error}") + "\n")
     if not result.ok:
         out.write(f"replay found {result.violation_count} invariant violation(s)\n")
+    if outcome.signal is not None:
+        out.write(
+            f"stopped by {signal_name(outcome.signal)}: the step in progress was cancelled "
+            "(engine states as in docs/reliability.md, Cancellation)\n"
+        )
+        return exit_code(outcome.signal)
     return 0 if outcome.status == "ok" and result.ok else 1

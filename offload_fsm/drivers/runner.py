@@ -3,6 +3,9 @@
 Used by ``offload-fsm demo`` and by drivers/run_miles_dual.py and drivers/run_miles_rlix.py.
 On the embedded default (simulated GPUs and engines) the run is in virtual time: a 5-step
 dual run takes a few seconds of wall time.
+
+With ``RunOptions.stop_on_signals`` (the commands set it) SIGINT, SIGTERM and SIGHUP cancel the
+run's work and the run ends ``cancelled`` with the signal named (:mod:`.stop_signals`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from offload_fsm.drivers.gc_freeze import frozen_setup
 from offload_fsm.drivers.pipeline import Pipeline, shrink_gpus_for
 from offload_fsm.drivers.progress import ProgressPrinter
 from offload_fsm.drivers.sim_world import SimOptions, build_sim_world
+from offload_fsm.drivers.stop_signals import StopSignals
 from offload_fsm.drivers.view import RunView
 from offload_fsm.errors import OffloadFsmError
 from offload_fsm.eventlog import EventLogWriter
@@ -50,6 +54,7 @@ class RunOptions:
     progress: bool = True
     command: str = ""
     sim: SimOptions = field(default_factory=SimOptions)
+    stop_on_signals: bool = False  # SIGINT/SIGTERM/SIGHUP cancel the run (main thread only)
 
 
 @dataclass
@@ -61,6 +66,7 @@ class RunOutcome:
     wall_s: float
     run_s: float  # on the run's clock (virtual on the simulator)
     events: int
+    signal: int | None = None  # the stop signal that cancelled the run, if one did
 
 
 async def run_simulated(opts: RunOptions, out: TextIO | None = None) -> RunOutcome:
@@ -166,18 +172,24 @@ async def _run(opts: RunOptions, clock: Clock, world: World, out: TextIO) -> Run
         ),
     )
     status, error = "ok", None
+    stop = StopSignals()
     t0 = clock.now()
     with writer:
         async with anyio.create_task_group() as tg:
             tg.start_soon(writer.run, log_sub)
             tg.start_soon(view.follow, view_sub, printer)
+            work = anyio.CancelScope()  # what a stop signal cancels: the step in progress
+            watcher = await tg.start(stop.watch, work) if opts.stop_on_signals else None
             try:
-                await orch.start_run(command=opts.command, backend=world.probe.name)
-                for spec in world.specs:
-                    await orch.register(spec)
-                pipelines = _pipelines(opts, world, orch, view, recorder, clock)
-                with frozen_setup():
-                    await all_or_first_error([partial(p.run, opts.steps) for p in pipelines])
+                with work:
+                    await orch.start_run(command=opts.command, backend=world.probe.name)
+                    for spec in world.specs:
+                        await orch.register(spec)
+                    pipelines = _pipelines(opts, world, orch, view, recorder, clock)
+                    with frozen_setup():
+                        await all_or_first_error([partial(p.run, opts.steps) for p in pipelines])
+                if work.cancelled_caught:
+                    status = "signalled"  # finished below, with the signal named
             except OffloadFsmError as exc:
                 status, error = "failed", exc
             except anyio.get_cancelled_exc_class():
@@ -187,7 +199,13 @@ async def _run(opts: RunOptions, clock: Clock, world: World, out: TextIO) -> Run
                     bus.close()
                 raise
             finally:
-                if status != "cancelled":
+                if watcher is not None:
+                    watcher.cancel()
+                if status == "signalled":
+                    status = "cancelled"
+                    await orch.finish_run(status, stop.reason)
+                    bus.close()
+                elif status != "cancelled":
                     await orch.finish_run(
                         status, None if error is None else f"{type(error).__name__}: {error}"
                     )
@@ -200,6 +218,7 @@ async def _run(opts: RunOptions, clock: Clock, world: World, out: TextIO) -> Run
         time.perf_counter() - wall0,
         clock.now() - t0,
         recorder.last.seq if recorder.last else 0,
+        None if status == "ok" else stop.received,  # a signal that cut the run short
     )
 
 

@@ -22,6 +22,7 @@ from offload_fsm.deadlines import deadline
 from offload_fsm.errors import ConfigError, ProbeError, ProbeTimeout, TransientProbeError
 from offload_fsm.events import ProbeGaveUp, ProbeRetry
 from offload_fsm.probe.base import GpuDevice, ProbeBackend, ProbeRound, rounds_are_cheap
+from offload_fsm.redact import redact
 
 T = TypeVar("T")
 
@@ -131,7 +132,7 @@ class RetryingProbe:
                     gpus=gpus,
                     backend=self.name,
                     attempt=attempt,
-                    error=str(error),
+                    error=redact(str(error)),
                     delay_s=delay,
                 )
             await self.clock.sleep(delay)
@@ -144,6 +145,6 @@ class RetryingProbe:
                 gpus=gpus,
                 backend=self.name,
                 attempts=attempts,
-                error=str(error),
+                error=redact(str(error)),
                 error_type=type(error).__name__,
             )
