@@ -47,7 +47,6 @@ class CompetingRecorder(Recorder):
         return await super().emit(kind, **fields)
 
 
-@pytest.mark.xfail(strict=True, reason="the race is real: fixed in the next commit")
 @pytest.mark.parametrize("inject_at", [0, 1])
 async def test_no_wake_opens_on_a_gpu_while_a_group_emits_its_decisions(inject_at: int) -> None:
     clock = VirtualClock()
