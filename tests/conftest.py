@@ -2,8 +2,13 @@ from __future__ import annotations
 
 import pytest
 
+from offload_fsm.idle import BACKEND_OPTIONS
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
+# asyncio with a loop whose idle moments virtual time sees at once (offload_fsm.idle).
+ASYNCIO = ("asyncio", BACKEND_OPTIONS)
+
+
+@pytest.fixture(params=[ASYNCIO, "trio"], ids=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> object:
     """Every async test runs on asyncio and on trio."""
-    return str(request.param)
+    return request.param

@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import anyio
 import pytest
 
+from offload_fsm.idle import run as run_virtual
 from tests.bench import (
     bench_core,
     bench_scale,
@@ -21,7 +21,7 @@ from tests.bench import (
 def test_shared_rounds_bench_shows_one_round_for_gates_polling_together(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert anyio.run(bench_shared_rounds.main, ["--moments", "5"]) == 0
+    assert run_virtual(bench_shared_rounds.main, ["--moments", "5"]) == 0
     out = capsys.readouterr().out
     rows = re.findall(r"^NVML backend over the fake module\s+(\d+)\s+(.*)$", out, re.M)
     assert [int(g) for g, _ in rows] == list(bench_shared_rounds.GATES)
@@ -38,7 +38,7 @@ def test_scale_bench_prints_the_cycle_and_its_baselines(
     monkeypatch.setenv("BENCH_STEPS", "1")
     monkeypatch.setenv("BENCH_EXTRA", "1")
     monkeypatch.setenv("BENCH_REPEAT", "2")
-    anyio.run(bench_scale.main)
+    run_virtual(bench_scale.main)
     out = capsys.readouterr().out
     assert "fastest of 2 runs each" in out
     assert re.search(r"max RSS so far [\d.]+ MiB\)$", out, re.M)
@@ -62,7 +62,7 @@ def test_scale_bench_prints_the_cycle_and_its_baselines(
 def test_scale_bench_refuses_a_repeat_below_one(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BENCH_REPEAT", "0")
     with pytest.raises(SystemExit, match="BENCH_REPEAT must be >= 1, got 0"):
-        anyio.run(bench_scale.main)
+        run_virtual(bench_scale.main)
 
 
 def test_core_bench_prints_lifecycle_memory_and_event_costs_beside_baselines(
@@ -103,3 +103,4 @@ def test_compare_scale_prints_a_ratio_per_pair_and_refuses_a_tree_that_is_not_on
     with pytest.raises(SystemExit):
         compare_scale.main([str(tmp_path)])
     assert "not a checkout of this project" in capsys.readouterr().err
+
