@@ -11,6 +11,7 @@ import pytest
 from offload_fsm.idle import run as run_virtual
 from tests.bench import (
     bench_core,
+    bench_overhead,
     bench_scale,
     bench_shared_rounds,
     compare_scale,
@@ -104,3 +105,20 @@ def test_compare_scale_prints_a_ratio_per_pair_and_refuses_a_tree_that_is_not_on
         compare_scale.main([str(tmp_path)])
     assert "not a checkout of this project" in capsys.readouterr().err
 
+
+def test_overhead_bench_prints_a_share_of_the_physical_cost_per_size(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert bench_overhead.main(["--engines", "1,4", "--cycles", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "22-35 ms" in out  # the physical release + resume it is measured against
+    rows = re.findall(
+        r"^\s+(\d+)\s+([\d.]+) ms\s+([\d.]+) µs\s+([\d.]+) %\s+([\d.]+) %$", out, re.M
+    )
+    assert [r[0] for r in rows] == ["1", "4"]
+    for _, cycle_ms, engine_us, share, whole in rows:
+        assert float(cycle_ms) > 0 and float(engine_us) > 0
+        assert float(share) == pytest.approx(float(engine_us) / 1e3 / 22 * 100, abs=0.02)
+        assert float(whole) == pytest.approx(float(cycle_ms) / 22 * 100, abs=0.1)
+    with pytest.raises(SystemExit):
+        bench_overhead.main(["--engines", "0"])
