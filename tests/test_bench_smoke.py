@@ -122,3 +122,19 @@ def test_overhead_bench_prints_a_share_of_the_physical_cost_per_size(
         assert float(whole) == pytest.approx(float(cycle_ms) / 22 * 100, abs=0.1)
     with pytest.raises(SystemExit):
         bench_overhead.main(["--engines", "0"])
+
+
+def test_compare_scale_prints_the_overhead_of_both_trees_side_by_side(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    here = str(compare_scale.HERE)
+    assert compare_scale.main([here, "--overhead", "--engines", "2", "--pairs", "1"]) == 0
+    out = capsys.readouterr().out
+    row = re.search(
+        r"^\s+2\s+([\d.]+) µs\s+([\d.]+)%\s+([\d.]+) µs\s+([\d.]+)%\s+([\d.]+)$", out, re.M
+    )
+    assert row is not None, out
+    other, this = float(row[1]), float(row[3])
+    assert float(row[5]) == pytest.approx(this / other, abs=0.01)
+    with pytest.raises(SystemExit):
+        compare_scale.main([here, "--overhead", "--engines", "0"])
