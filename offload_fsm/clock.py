@@ -109,7 +109,8 @@ class VirtualClock:
 
     Only the earliest sleeping task is awake (the watcher): it waits until no other task
     can run (trio's ``wait_all_tasks_blocked``; on asyncio, the moment the loop would wait
-    for I/O: :mod:`offload_fsm.idle`), then fires the timers due before its own deadline
+    for I/O, seen by the loop :mod:`offload_fsm.idle` makes: start the run with
+    ``idle.run(fn)``), then fires the timers due before its own deadline
     (``deadline()`` scopes), moves time on, and hands the watch to the next earliest
     sleeper. The others wait on events: a jump wakes only the sleepers that are due. Only
     for code that does no real I/O while virtual time runs.
