@@ -158,7 +158,8 @@ class Lifecycle:
             raise IllegalTransition(
                 self.engine_id, src.value, trigger.value, "explicit evidence is required"
             )
-        event = _MACHINE.events.get(trigger.value)
+        # Any: transitions 0.9.2's stubs type **kwargs of Event.trigger as one dict each.
+        event: Any = _MACHINE.events.get(trigger.value)
         if event is None:  # pragma: no cover - every trigger has a row in TABLE
             raise IllegalTransition(self.engine_id, src.value, trigger.value)
         try:
