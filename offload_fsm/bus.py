@@ -8,9 +8,11 @@ counted in ``dropped``; never silent). ``close()`` ends every subscriber's itera
 once it has drained what it was sent.
 
 The queues are a deque plus an ``anyio.Event`` per parked waiter rather than anyio memory
-object streams: handing an event to a parked subscriber is then one ``Event.set()``, which
-made publishing to 4 idle subscribers about 3 times cheaper (docs/performance.md). Nothing
-is handed over directly, so a cancelled receiver never loses an item: it stays queued.
+object streams: a publish queues the event for every subscriber without awaiting (so the
+orchestrator can record a transition in the same step as it makes it), and the policy per
+subscriber (block or drop) is the bus's own. Nothing is handed over directly, so a cancelled
+receiver never loses an item: it stays queued. The bus also numbers the events it is asked
+to make (``publish_new``): ``seq`` order is publication order.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import anyio.lowlevel
 
 from offload_fsm.clock import Clock, RealClock
 from offload_fsm.events import Event
-from offload_fsm.oneshot import checkpoint
 
 E = TypeVar("E", bound=Event)
 
@@ -99,13 +100,13 @@ class Subscription:
         (``anyio.ClosedResourceError`` once this subscription was closed).
 
         It yields to other tasks (a cancellation point) when it has to wait, and once every
-        ``_YIELD_EVERY`` queued events otherwise: a loop pass per event was a fifth of the
-        loop's passes in the scale benchmark, and a backlog still cannot hog the loop. The
-        wait is its own yield: no extra pass before it."""
+        ``_YIELD_EVERY`` queued events otherwise: a subscriber drains a burst of events
+        together, and a backlog still cannot starve the publishers. The wait is its own
+        yield."""
         self._streak += 1
         if self._streak >= _YIELD_EVERY:
             self._streak = 0
-            await checkpoint()
+            await anyio.lowlevel.checkpoint()
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
@@ -113,7 +114,7 @@ class Subscription:
                 return self._pop()
             self._streak = 0
             if self._ended:
-                await checkpoint()  # still a cancellation point at the end
+                await anyio.lowlevel.checkpoint()  # still a cancellation point at the end
                 if self._buffer or self._closed:
                     continue
                 raise anyio.EndOfStream
@@ -205,14 +206,8 @@ class _Iterator:
         return self
 
     async def __anext__(self) -> Event:
-        sub = self._sub
-        # receive() without its coroutine when it would not wait nor yield: the common case
-        # of a subscriber draining what was queued since it last ran.
-        if sub._buffer and sub._streak < _YIELD_EVERY - 1 and not sub._closed:
-            sub._streak += 1
-            return sub._pop()
         try:
-            return await sub.receive()
+            return await self._sub.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             self._finish()
             raise StopAsyncIteration from None
@@ -241,6 +236,7 @@ class EventBus:
         self._lock = anyio.Lock()
         self._slow = 0  # publishers in (or queued for) the slow path
         self._closed = False
+        self._seq = itertools.count(1)  # the next event's number (publish_new)
 
     def subscribe(
         self,
@@ -276,24 +272,40 @@ class EventBus:
         if start is not None:
             await self._publish_slow(None, event, start)
 
-    async def _publish(self, make: Callable[[], E]) -> E:
+    def publish_new_nowait(self, make: Callable[[int], E]) -> E | None:
+        """Number a new event (``make(seq)``) and publish it at once, or do nothing and return
+        None when publishing would have to wait (a full ``BLOCK`` subscriber, a publisher
+        already waiting, a closed bus): then ``await publish_new(make)``. Nothing is
+        numbered unless it is published, so ``seq`` has no gaps."""
+        if self._closed or self._slow or not self._has_room():
+            return None
+        event = make(next(self._seq))
+        start = self._deliver_nowait(event, 0)
+        assert start is None, "a subscriber filled up during a synchronous delivery"
+        return event
+
+    async def publish_new(self, make: Callable[[int], E]) -> E:
+        """Number a new event (``make(seq)``) when its turn to be published comes, and publish
+        it: ``seq`` order is publication order, for every subscriber."""
         if self._closed:
             raise RuntimeError("the event bus is closed")
         if self._slow:
             return await self._publish_slow(make, None, 0)
-        event = make()
+        event = make(next(self._seq))  # numbered and queued with no await in between
         start = self._deliver_nowait(event, 0)
         if start is not None:
             await self._publish_slow(None, event, start)
         return event
 
-    async def _publish_slow(self, make: Callable[[], E] | None, event: E | None, start: int) -> E:
+    async def _publish_slow(
+        self, make: Callable[[int], E] | None, event: E | None, start: int
+    ) -> E:
         self._slow += 1
         try:
             async with self._lock:
                 if event is None:
                     assert make is not None
-                    event = make()
+                    event = make(next(self._seq))
                 i: int | None = start
                 while i is not None:
                     sub = self._subs[i]
@@ -307,7 +319,7 @@ class EventBus:
 
     def _has_room(self) -> bool:
         """No blocking subscriber is full: a delivery now cannot wait."""
-        for s in self._subs:  # a loop, not any(): no generator on every emit
+        for s in self._subs:
             if len(s._buffer) >= s.capacity and s.policy is SlowPolicy.BLOCK and not s._closed:
                 return False
         return True
@@ -316,7 +328,7 @@ class EventBus:
         """Deliver from ``start`` on; the index of the first full BLOCK subscriber, or None."""
         subs = self._subs
         gone = False
-        for sub in subs[start:] if start else subs:  # no index kept: a full queue is rare
+        for sub in subs[start:] if start else subs:
             if sub._closed:
                 gone = True
                 continue
@@ -328,7 +340,6 @@ class EventBus:
                     return subs.index(sub, start)
                 sub.dropped += 1
                 continue
-            # Subscription._offer, inlined: this loop is the publish hot path.
             buffer.append(event)
             sub.delivered += 1
             reader = sub._reader
@@ -347,19 +358,24 @@ class EventBus:
 
 
 class Recorder:
-    """Stamps events with the run's envelope (seq, ts, run id) and publishes them.
+    """Stamps events with the run's envelope (ts, run id) and publishes them; the bus numbers
+    them (``seq``) as it publishes them, so ``seq`` order is publication order.
 
-    ``emit(Transition, engine_id=..., src=...)`` numbers the event at the moment it is handed
-    to the bus, so ``seq`` order is publication order.
+    ``emit(Transition, engine_id=..., src=...)`` builds the event when the bus publishes it.
     """
 
     def __init__(self, bus: EventBus, run_id: str, clock: Clock | None = None) -> None:
         self.bus = bus
         self.run_id = run_id
         self.clock: Clock = clock or RealClock()
-        self._seq = itertools.count(1)
         self.last: Event | None = None
         self._emit_overridden = type(self).emit is not Recorder.emit
+
+    def _maker(self, kind: type[E], fields: dict[str, Any]) -> Callable[[int], E]:
+        def make(seq: int) -> E:
+            return kind(seq=seq, ts=self.clock.wall(), run_id=self.run_id, **fields)
+
+        return make
 
     def emit_now(self, kind: type[E], **fields: Any) -> E | None:
         """Emit without awaiting, or do nothing and return None when the emit would have to
@@ -367,29 +383,14 @@ class Recorder:
         ``await emit(...)`` it. Lets a caller skip the shield an emit that must not be
         cancelled midway needs, in the common case where nothing can wait. A subclass that
         overrides ``emit`` sees every event there: for it this always returns None."""
-        bus = self.bus
-        if self._emit_overridden or bus._closed or bus._slow or not bus._has_room():
+        if self._emit_overridden:
             return None
-        event = kind(seq=next(self._seq), ts=self.clock.wall(), run_id=self.run_id, **fields)
-        start = bus._deliver_nowait(event, 0)
-        assert start is None, "a subscriber filled up during a synchronous delivery"
-        self.last = event
+        event = self.bus.publish_new_nowait(self._maker(kind, fields))
+        if event is not None:
+            self.last = event
         return event
 
     async def emit(self, kind: type[E], **fields: Any) -> E:
-        bus = self.bus
-        if bus._closed or bus._slow:
-
-            def make() -> E:
-                return kind(seq=next(self._seq), ts=self.clock.wall(), run_id=self.run_id, **fields)
-
-            event = await bus._publish(make)  # numbered when its turn comes (or refused)
-        else:
-            # EventBus._publish's fast path, inlined (this is the hot path of every step):
-            # numbered and queued with no await in between.
-            event = kind(seq=next(self._seq), ts=self.clock.wall(), run_id=self.run_id, **fields)
-            start = bus._deliver_nowait(event, 0)
-            if start is not None:
-                await bus._publish_slow(None, event, start)
+        event = await self.bus.publish_new(self._maker(kind, fields))
         self.last = event
         return event

@@ -21,7 +21,6 @@ import anyio
 import anyio.lowlevel
 
 from offload_fsm.idle import wait_all_tasks_blocked
-from offload_fsm.oneshot import OneShot, checkpoint, one_shot, running_asyncio_loop
 
 
 class Clock(Protocol):
@@ -71,7 +70,7 @@ class _Sleeper:
         self.seq = seq
         self.callback = callback
         self.on_cancel = on_cancel  # a timer's: tells the clock's keeper to look again
-        self.event: OneShot | None = None  # made only when it has to wait its turn
+        self.event: anyio.Event | None = None  # made only when it has to wait its turn
         self.gone = False  # cancelled: left in the heap, dropped when it reaches the top
         self.idle_scope: anyio.CancelScope | None = None  # set while waiting for idleness
         self.woken = False  # woken early through a WakeToken
@@ -110,9 +109,10 @@ class VirtualClock:
 
     Only the earliest sleeping task is awake (the watcher): it waits until no other task
     can run (trio's ``wait_all_tasks_blocked``; on asyncio, the moment the loop would wait
-    for I/O: :mod:`offload_fsm.idle`), then fires the timers due before its own deadline
+    for I/O, seen by the loop :mod:`offload_fsm.idle` makes: start the run with
+    ``idle.run(fn)``), then fires the timers due before its own deadline
     (``deadline()`` scopes), moves time on, and hands the watch to the next earliest
-    sleeper. The others wait on events, so a thousand sleepers cost nothing per jump. Only
+    sleeper. The others wait on events: a jump wakes only the sleepers that are due. Only
     for code that does no real I/O while virtual time runs.
     """
 
@@ -121,8 +121,7 @@ class VirtualClock:
     def __init__(self, start: float = 0.0, *, wall_start: float = 1_700_000_000.0) -> None:
         self._now = start
         self._wall_offset = wall_start - start
-        # Heaps of (deadline, seq, sleeper): tuples compare in C, a __lt__ call per
-        # comparison was a tenth of a large simulated run.
+        # Heaps of (deadline, seq, sleeper): equal deadlines wake in the order they slept.
         self._heap: list[_Entry] = []  # sleeping tasks
         self._timers: list[_Entry] = []  # callbacks (no task)
         self._timers_live = 0  # timers in the heap not cancelled
@@ -168,7 +167,7 @@ class VirtualClock:
     async def sleep_or_wake(self, seconds: float, token: WakeToken | None) -> bool:
         """Sleep ``seconds`` of virtual time; True when ``token`` woke it earlier."""
         if not seconds > 0:
-            await checkpoint()
+            await anyio.lowlevel.checkpoint()
             return False
         # A sleep too small to move a float still moves time: a loop sleeping "deadline
         # minus elapsed" must not spin at one instant forever.
@@ -192,7 +191,7 @@ class VirtualClock:
                     return False
                 if me.woken:
                     self._leave(me)
-                    await checkpoint()
+                    await anyio.lowlevel.checkpoint()
                     return True
                 if self._head() is me:
                     idle = await _all_tasks_blocked(me)
@@ -219,7 +218,7 @@ class VirtualClock:
                     self._wake_head()
                     return False
                 # Not the head (checked above, nothing ran since): wait for our turn.
-                me.event = one_shot()
+                me.event = anyio.Event()
                 await me.event.wait()
                 me.event = None
         except BaseException:  # cancelled: drop our deadline (lazily: O(1)), pass the watch on
@@ -280,7 +279,7 @@ class VirtualClock:
         own (time does not move for them), woken in deadline order. On asyncio all at once:
         its run queue keeps that order, and they run in one pass of the loop. Trio may run
         a batch of woken tasks in reverse, so there each wakes the next (a pass each)."""
-        chain = running_asyncio_loop() is None
+        chain = not _on_asyncio()
         while (head := self._head()) is not None and head.deadline <= self._now:
             heapq.heappop(self._heap)
             head.due = head.gone = True
@@ -311,10 +310,7 @@ class VirtualClock:
             self.jumps += 1
 
     def _head(self) -> _Sleeper | None:
-        heap = self._heap  # _top(self._heap), inlined: asked several times per sleep
-        while heap and heap[0][2].gone:
-            heapq.heappop(heap)
-        return heap[0][2] if heap else None
+        return _top(self._heap)
 
     def _wake_head(self) -> None:
         head = self._head()
@@ -323,6 +319,15 @@ class VirtualClock:
 
 
 _Entry = tuple[float, int, _Sleeper]
+
+
+def _on_asyncio() -> bool:
+    """Whether the running backend is asyncio (else trio, anyio's other backend)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _top(heap: list[_Entry]) -> _Sleeper | None:

@@ -2,7 +2,7 @@
 
 A line is ``{"kind":"<kind>", ...fields}``. Decoding peeks the kind from the fixed prefix the
 encoder writes and then decodes straight into that kind's dataclass with msgspec (typed,
-validated, ~2 us a line); lines written by other tools (kind not first) take a slower generic
+validated); lines written by other tools (kind not first) take a slower generic
 path with the same checks. Errors are :class:`EventDecodeError` naming the field.
 """
 

@@ -14,8 +14,8 @@ from offload_fsm.probe.base import GIB, GpuDevice, ProbeRound
 
 @functools.lru_cache(maxsize=4096)
 def gib(nbytes: int | None) -> str:
-    # Cached: every gate decision's detail formats its threshold and readings, and they
-    # repeat: a cache lookup is cheaper than formatting a float.
+    # Cached: every gate decision's detail formats its threshold and readings, which repeat
+    # from round to round.
     return "unknown" if nbytes is None else f"{nbytes / GIB:.2f} GiB"
 
 

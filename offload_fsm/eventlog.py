@@ -213,8 +213,8 @@ def read_numbered_events(
         f = open(path, "rb")  # noqa: SIM115 - closed by the with below; open errors mapped here
     except OSError as exc:
         raise ConfigError("event log", str(path), f"a readable event log ({exc.strerror})") from exc
-    # codec.decode's fast path is inlined below (with codec's tables): a call per line costs
-    # replay ~5% of its throughput. Anything unusual goes through codec.decode.
+    # A line in the encoder's own layout is decoded here with codec's tables (its kind from
+    # the fixed prefix); anything unusual goes through codec.decode, which names the fault.
     decoders, prefix, version = codec.KIND_DECODERS.get, codec.KIND_PREFIX, SCHEMA_VERSION
     n = len(prefix)
     decode = codec.decode

@@ -13,12 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from offload_fsm.frozen_init import fast_frozen_init
-
 SCHEMA_VERSION = 1
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
     """Fields every kind carries; ``kind`` itself is written first in each JSON line."""
@@ -36,7 +33,6 @@ class Event:
 # --- run ----------------------------------------------------------------------------------
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunStarted(Event):
     """First event of a run: what the run was configured with (replay reads its topology)."""
@@ -50,7 +46,6 @@ class RunStarted(Event):
     command: str = ""  # the command line that started the run
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EngineRegistered(Event):
     """An engine (or trainer) joined the run: its GPUs and process root."""
@@ -64,7 +59,6 @@ class EngineRegistered(Event):
     share_group: str | None = None
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunFinished(Event):
     """Last event of a run (a log without it was cut off)."""
@@ -74,7 +68,6 @@ class RunFinished(Event):
     reason: str | None = None  # why the run failed or was cancelled
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PhaseChanged(Event):
     """A driver's progress marker (rollout, shrink, train, expand ...)."""
@@ -87,7 +80,6 @@ class PhaseChanged(Event):
 # --- lifecycle ----------------------------------------------------------------------------
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Transition(Event):
     """An engine's lifecycle moved from ``src`` to ``dst`` (see docs/lifecycle.md)."""
@@ -103,7 +95,6 @@ class Transition(Event):
 # --- probes -------------------------------------------------------------------------------
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemorySample(Event):
     """Whole-device memory of one GPU (``gpus`` has one entry) in one probe round."""
@@ -116,7 +107,6 @@ class MemorySample(Event):
     reserved_bytes: int | None = None  # memory the driver reserves (NVML v2 only)
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProbeRetry(Event):
     """A probe call failed in a way that may pass on retry; the next try follows ``delay_s``."""
@@ -128,7 +118,6 @@ class ProbeRetry(Event):
     delay_s: float  # backoff before the next attempt, in seconds
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProbeGaveUp(Event):
     """A probe failed past its retries (or could not be retried); memory is unknown."""
@@ -140,7 +129,6 @@ class ProbeGaveUp(Event):
     error_type: str  # the last error's class name
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProcessEntry:
     """One GPU process in an attribution report."""
@@ -151,7 +139,6 @@ class ProcessEntry:
     owner: str  # an engine id, "foreign" or "unknown"
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AttributionReport(Event):
     """Who holds the memory on ``gpus`` (tuples are aligned with ``gpus``)."""
@@ -168,7 +155,6 @@ class AttributionReport(Event):
 # --- gates --------------------------------------------------------------------------------
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GateDecision(Event):
     """One evaluation of a probe gate over one round (``observed_bytes`` aligned with gpus)."""
@@ -186,7 +172,6 @@ class GateDecision(Event):
     detail: str = ""  # free text, e.g. which GPU is over the limit
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GateFailOpen(Event):
     """LOUD: a gate opened without a measurement because the caller chose fail-open."""
@@ -197,7 +182,6 @@ class GateFailOpen(Event):
     elapsed_s: float  # seconds since the gate started waiting
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GateTimedOut(Event):
     """A gate's condition did not hold (settled) before its deadline; the gate stayed closed."""
@@ -213,7 +197,6 @@ class GateTimedOut(Event):
 # --- engine calls ---------------------------------------------------------------------------
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdapterCallStarted(Event):
     """offload_fsm called an engine or trainer (release, resume, health ...)."""
@@ -223,7 +206,6 @@ class AdapterCallStarted(Event):
     detail: str = ""  # free text, e.g. the tags released
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdapterCallFinished(Event):
     """An engine or trainer call returned successfully."""
@@ -234,7 +216,6 @@ class AdapterCallFinished(Event):
     detail: str = ""  # free text, e.g. what the engine answered
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdapterCallFailed(Event):
     """An engine or trainer call failed or timed out (the engine is then moved to failed)."""

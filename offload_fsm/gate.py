@@ -33,12 +33,10 @@ from offload_fsm.errors import (
     ProbeError,
 )
 from offload_fsm.events import GateDecision, GateFailOpen, GateTimedOut, MemorySample
-from offload_fsm.frozen_init import fast_frozen_init
 from offload_fsm.probe.base import MIB, GpuDevice, ProbeBackend, ProbeRound
 from offload_fsm.redact import redact
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """One round judged. ``passed`` None: the round could not be measured (never a pass)."""
@@ -129,8 +127,7 @@ class NudgeHub:
 
 
 class _Watch:
-    """One gate's watch on some GPUs' nudges. A class, not a ``@contextmanager`` generator:
-    every gate enters one, and the generator machinery cost more than the watch."""
+    """One gate's watch on some GPUs' nudges, for as long as the gate waits."""
 
     __slots__ = ("_by_key", "_keys", "_nudge")
 
@@ -216,8 +213,8 @@ async def run_gate(
             detail=v.detail,
         )
 
-    # One cancel scope for all the rounds, armed around each (a scope per round cost more
-    # than a simulated round: see deadlines.RoundDeadlines); the caller's where it has one.
+    # A deadline for each probe round (a hung probe must not hold the gate past its own
+    # deadline); the caller's series where it has one.
     with RoundDeadlines(clock) if deadlines is None else nullcontext(deadlines) as rounds:
         while True:
             attempts += 1
@@ -346,7 +343,6 @@ async def _sample_memory(round: ProbeRound, recorder: Recorder | None, ctx: Gate
         )
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class _GateEvents:
     """Emits one gate run's events, each stamped with whose gate it is and on which GPUs."""

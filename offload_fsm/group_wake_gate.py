@@ -4,6 +4,11 @@ All-or-nothing admission: two pipelines expanding onto the same shared GPUs can 
 take half and wait for the other's half. When the group gate opens, each member gets its own
 opened decision (its GPUs' readings from the same settled rounds), so replay can justify
 every wake.
+
+Decide, then tell: :func:`wake_group_gate` returns right after its final blocker check with
+no await in between, the caller fires every member's ``gate_open`` at once, and only then
+are the member decisions emitted (:func:`emit_member_decisions`). An emit may wait (a full
+subscriber); a competing wake that runs in that wait finds the members already awake.
 """
 
 from __future__ import annotations
@@ -34,9 +39,9 @@ async def wake_group_gate(
     policy: GatePolicy,
     threshold_bytes: int,
     clock: Clock,
-    recorder: Recorder,
 ) -> GateResult:
-    """Gate ``group``'s wake on ``policy``; returns with no blocker left (or failed open)."""
+    """Gate ``group``'s wake on ``policy``; returns with no blocker left (or failed open).
+    The caller fires the members' ``gate_open`` before its next await."""
     wake_policy = policy
     started = clock.now()
     devices = tuple({d.key: d for e in group for d in e.spec.devices}.values())
@@ -51,23 +56,22 @@ async def wake_group_gate(
         # The final check: the caller fires gate_open with no await in between, so two
         # engines gated on one GPU cannot both open on the same low reading.
         if result.fail_open or not blockers():
-            break
+            return result
         left = wake_policy.deadline_s - (clock.now() - started)
         policy = dataclasses.replace(policy, deadline_s=max(left, policy.poll_min_s))
-    if len(group) > 1 and result.verdict is not None and result.last_round is not None:
-        await _member_decisions(group, result, wake_policy, threshold_bytes, recorder)
-    return result
 
 
-async def _member_decisions(
+async def emit_member_decisions(
     group: Sequence[Engine],
     result: GateResult,
     policy: GatePolicy,
     threshold_bytes: int,
     recorder: Recorder,
 ) -> None:
-    """A group gate opened: each member gets its own opened decision event."""
-    assert result.last_round is not None
+    """A group gate opened (and its members' ``gate_open`` fired): each member of a group of
+    several gets its own opened decision event."""
+    if len(group) < 2 or result.verdict is None or result.last_round is None:
+        return
     for eng in group:
         verdict = WakeCondition(eng.spec.devices, threshold_bytes).evaluate(result.last_round)
         await recorder.emit(
@@ -88,4 +92,4 @@ async def _member_decisions(
         )
 
 
-__all__ = ["GateOver", "wake_group_gate"]
+__all__ = ["GateOver", "emit_member_decisions", "wake_group_gate"]

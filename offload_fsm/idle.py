@@ -1,10 +1,13 @@
 """Wait until every task of the running event loop is blocked (what moves virtual time).
 
-Trio has this built in (``trio.testing.wait_all_tasks_blocked``). On asyncio, the loop asks
-its selector to wait (``select`` with a timeout other than 0) only when no callback is
-ready to run: a thin wrapper around the selector turns that moment into a wake-up. Polling
-with ``sleep(0)`` instead cost one loop callback per loop iteration for as long as other
-tasks were busy: over a third of all callbacks in the scale benchmark.
+Trio has this built in (``trio.testing.wait_all_tasks_blocked``). On asyncio, anyio's
+``wait_all_tasks_blocked()`` serves any loop, but it looks again only every 100 ms of real
+time while some task can still run: right for a test that waits once, too slow for a
+simulation whose virtual clock moves thousands of times. So a run on virtual time starts its
+asyncio loop with :func:`new_event_loop` (``anyio.run(..., backend_options=BACKEND_OPTIONS)``
+or :func:`run`): a ``SelectorEventLoop`` given, through its public constructor, a selector
+that knows when the loop goes idle. The loop asks its selector to wait (``select`` with a
+timeout other than 0) only when no callback is ready to run; that moment is the wake-up.
 """
 
 from __future__ import annotations
@@ -12,9 +15,13 @@ from __future__ import annotations
 import asyncio
 import selectors
 import weakref
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-from offload_fsm.oneshot import checkpoint
+import anyio
+import anyio.lowlevel
+
+_T = TypeVar("_T")
 
 
 async def wait_all_tasks_blocked() -> None:
@@ -26,24 +33,20 @@ async def wait_all_tasks_blocked() -> None:
 
         await trio.testing.wait_all_tasks_blocked()
         return
-    hook = _hook_for(loop)
-    ready = loop._ready  # type: ignore[attr-defined]  # checked by _hook_for
-    while True:
-        waiter: asyncio.Future[None] = loop.create_future()
-        hook.add(waiter)
-        await waiter
-        # The select that woke us may also have made I/O callbacks ready, queued in the
-        # same batch as ours: then the loop is not idle after all.
-        if not ready:
-            return
-        await checkpoint()
+    selector = _IDLE_SELECTORS.get(loop)
+    if selector is None:  # a loop this module did not make: anyio's polling wait
+        await anyio.wait_all_tasks_blocked()
+        return
+    waiter: asyncio.Future[None] = loop.create_future()
+    selector.add(waiter)
+    await waiter
 
 
-class _IdleSelector:
-    """A selector that wakes its waiters, instead of waiting, when the loop goes idle."""
+class IdleSelector(selectors.BaseSelector):
+    """A selector that wakes one waiter, instead of waiting, when the loop goes idle."""
 
-    def __init__(self, inner: selectors.BaseSelector) -> None:
-        self._inner = inner
+    def __init__(self, inner: selectors.BaseSelector | None = None) -> None:
+        self._inner = inner if inner is not None else selectors.DefaultSelector()
         self._waiters: list[asyncio.Future[None]] = []
 
     def add(self, waiter: asyncio.Future[None]) -> None:
@@ -52,38 +55,72 @@ class _IdleSelector:
         self._waiters.append(waiter)
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        # The loop passes timeout 0 whenever a callback is ready (or it is stopping). One
-        # waiter per idle moment, oldest first (as trio does): woken together, each would
+        # The loop passes timeout 0 whenever a callback is ready (or it is stopping).
+        if timeout == 0 or not any(not w.done() for w in self._waiters):
+            return self._inner.select(timeout)
+        ready = self._inner.select(0)
+        if ready:  # I/O is ready: its callbacks run first, the loop is not idle
+            return ready
+        # One waiter per idle moment, oldest first (as trio does): woken together, each would
         # see the others ready to run, conclude the loop is busy, and wait again, forever.
-        if self._waiters and timeout != 0:
-            while self._waiters:
-                waiter = self._waiters.pop(0)
-                if not waiter.done():
-                    waiter.set_result(None)
-                    timeout = 0  # the woken task is ready now: do not sleep in select
-                    break
-        return self._inner.select(timeout)
+        while self._waiters:
+            waiter = self._waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+        return []
 
-    def __getattr__(self, name: str) -> Any:  # register, unregister, close, get_map, ...
-        return getattr(self._inner, name)
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._inner.register(fileobj, events, data)
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        return self._inner.unregister(fileobj)
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._inner.modify(fileobj, events, data)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def get_key(self, fileobj: Any) -> selectors.SelectorKey:
+        return self._inner.get_key(fileobj)
+
+    def get_map(self) -> Any:
+        return self._inner.get_map()
 
 
-_HOOKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _IdleSelector] = (
+_IDLE_SELECTORS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, IdleSelector] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _hook_for(loop: asyncio.AbstractEventLoop) -> _IdleSelector:
-    hook = _HOOKS.get(loop)
-    if hook is not None:
-        return hook
-    selector = getattr(loop, "_selector", None)
-    if not isinstance(selector, selectors.BaseSelector) or not hasattr(loop, "_ready"):
-        raise RuntimeError(
-            f"virtual time cannot tell when {type(loop).__name__} is idle: it needs CPython's "
-            "selector event loop (asyncio's default on Linux and macOS) or trio"
-        )
-    hook = _IdleSelector(selector)
-    loop._selector = hook  # type: ignore[attr-defined]
-    _HOOKS[loop] = hook
-    return hook
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """An asyncio loop whose idle moments :func:`wait_all_tasks_blocked` sees at once."""
+    selector = IdleSelector()
+    loop = asyncio.SelectorEventLoop(selector)
+    _IDLE_SELECTORS[loop] = selector
+    return loop
+
+
+# anyio.run(fn, backend="asyncio", backend_options=BACKEND_OPTIONS); trio takes no options.
+BACKEND_OPTIONS: dict[str, Any] = {"loop_factory": new_event_loop}
+
+
+def backend_options(backend: str) -> dict[str, Any]:
+    """The ``backend_options`` that let virtual time run at full speed on ``backend``."""
+    return dict(BACKEND_OPTIONS) if backend == "asyncio" else {}
+
+
+def run(fn: Callable[..., Awaitable[_T]], *args: Any, backend: str = "asyncio") -> _T:
+    """``anyio.run`` with a loop whose idle moments virtual time can see."""
+    return anyio.run(fn, *args, backend=backend, backend_options=backend_options(backend))
+
+
+__all__ = [
+    "BACKEND_OPTIONS",
+    "IdleSelector",
+    "backend_options",
+    "new_event_loop",
+    "run",
+    "wait_all_tasks_blocked",
+]

@@ -5,8 +5,9 @@ Everything that decides an engine's state lives in this file (the habit of h11's
 then fire a trigger, so each transition is atomic on the event loop.
 
 ``TABLE`` is the single source of truth. ``Lifecycle`` runs it through a synchronous
-``transitions.Machine`` (enum states, no auto transitions, no queue); hot paths such as
-replay may check against ``TABLE`` directly with :func:`next_state`.
+``transitions.Machine`` through its public API (enum states, no auto transitions, no queue;
+its ``MachineError`` becomes :class:`IllegalTransition`); replay checks a log against
+``TABLE`` directly with :func:`next_state`, without a machine.
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-import transitions
 from transitions import Machine, MachineError
 
 from offload_fsm.errors import IllegalTransition
-from offload_fsm.frozen_init import fast_frozen_init
 
 
 class State(str, enum.Enum):
@@ -112,7 +111,6 @@ class Evidence:
             raise ValueError("recover evidence must say what was observed")
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class Step:
     """One transition that happened."""
@@ -127,17 +125,17 @@ class Step:
 class Lifecycle:
     """One engine's state machine. Synchronous and pure; not thread-safe by design.
 
-    Every lifecycle runs on one shared ``transitions`` machine (built by ``_build_machine``)
-    with a model of its own: transitions keeps a model's state on the model, so the states,
-    events and transitions need not be built again per engine (a machine each was ~22 KB,
-    and a run's working set grew with its engines)."""
+    Every lifecycle is driven by one shared ``transitions.Machine`` built from ``TABLE``
+    (:data:`_MACHINE`): transitions keeps a model's state on the model, so the states, events
+    and transitions are described once for the whole run, however many engines it has."""
 
     __slots__ = ("_model", "engine_id", "reason")
 
     def __init__(self, engine_id: str, initial: State = S.ACTIVE) -> None:
         self.engine_id = engine_id
-        # transitions decorates a model added to a machine with trigger methods; this one
-        # is never added (a machine reads and sets only its ``state``): nothing on our API.
+        # The machine reads and sets only the model's ``state``. The model is never added to
+        # the machine (``add_model`` would hang trigger methods on it and keep it alive for
+        # as long as the machine); each trigger names it instead (``Event.trigger(model)``).
         self._model = _Model()
         self._model.state = State(initial)
         self.reason: str | None = None  # why the engine is failed, while it is
@@ -160,11 +158,13 @@ class Lifecycle:
             raise IllegalTransition(
                 self.engine_id, src.value, trigger.value, "explicit evidence is required"
             )
-        if (src, trigger) not in _TABLE:
+        # Any: transitions 0.9.2's stubs type **kwargs of Event.trigger as one dict each.
+        event: Any = _MACHINE.events.get(trigger.value)
+        if event is None:  # pragma: no cover - every trigger has a row in TABLE
             raise IllegalTransition(self.engine_id, src.value, trigger.value)
         try:
-            ok = _EVENTS[trigger].trigger(self._model, evidence=evidence)
-        except MachineError as exc:  # pragma: no cover - guarded by the table check above
+            ok = event.trigger(self._model, evidence=evidence)
+        except MachineError as exc:  # no row of TABLE for (state, trigger)
             raise IllegalTransition(self.engine_id, src.value, trigger.value) from exc
         if not ok:  # a conditional transition found no matching evidence
             raise IllegalTransition(self.engine_id, src.value, trigger.value, "evidence rejected")
@@ -182,132 +182,27 @@ class Lifecycle:
 
 
 class _Model:
+    """What the machine drives: a holder of one engine's ``state``."""
+
+    __slots__ = ("state",)
+
     state: State
 
 
-class _MachineState(transitions.State):
-    """transitions' State, minus per-trigger overhead we do not use.
-
-    ``name`` and ``value`` are plain attributes set once (transitions derives them through a
-    property on every access, several times per trigger), and ``enter``/``exit`` return at
-    once when there are no callbacks (Lifecycle registers none; transitions would still log
-    and walk the empty lists). Together with :class:`_Machine`'s state lookup this halves
-    the cost of a trigger.
-    """
-
-    # Shadow transitions' properties: the instance attributes set below are read instead.
-    name: str = ""
-    value: Any = None
-
-    def __init__(self, name: Any, *args: Any, **kwargs: Any) -> None:
-        super().__init__(name, *args, **kwargs)
-        self.name = name.name if isinstance(name, enum.Enum) else name
-        self.value = name  # transitions' ``value``: what it was created with
-
-    def enter(self, event_data: Any) -> None:
-        if self.on_enter:
-            super().enter(event_data)
-
-    def exit(self, event_data: Any) -> None:
-        if self.on_exit:
-            super().exit(event_data)
-
-
-class _Transition(transitions.Transition):
-    """transitions' Transition, minus its debug logging and empty callback walks when the
-    transition and the machine register no callbacks (conditional ones, ``recover``, take
-    transitions' own path): four log calls and four walks per trigger otherwise."""
-
-    def execute(self, event_data: Any) -> bool:
-        machine = event_data.machine
-        if (
-            self.prepare
-            or self.conditions
-            or self.before
-            or self.after
-            or machine.before_state_change
-            or machine.after_state_change
-        ):
-            return bool(super().execute(event_data))
-        if self.dest:
-            self._change_state(event_data)
-        return True
-
-    def _change_state(self, event_data: Any) -> None:
-        # transitions' own, minus three state lookups, the exit/enter calls and the
-        # models loop, where no state has callbacks and none is final (ours: never).
-        machine = event_data.machine
-        source, dest = machine.get_state(self.source), machine.get_state(self.dest)
-        if source.on_exit or dest.on_enter or dest.final:
-            super()._change_state(event_data)
-            return
-        setattr(event_data.model, machine.model_attribute, dest.value)
-        event_data.state = dest
-
-
-class _Event(transitions.Event):
-    """transitions' Event, minus the walks and logs of machine ``prepare_event`` and
-    ``finalize_event`` callbacks when there are none."""
-
-    def trigger(self, model: Any, *args: Any, **kwargs: Any) -> bool:
-        machine = self.machine
-        if machine.has_queue or machine._transition_queue:
-            return bool(super().trigger(model, *args, **kwargs))
-        # Machine._process runs an unqueued trigger at once: without its partial.
-        return self._trigger(transitions.core.EventData(None, self, machine, model, args, kwargs))
-
-    def _trigger(self, event_data: Any) -> bool:
-        machine = self.machine
-        if machine.finalize_event or machine.on_exception:
-            return bool(super()._trigger(event_data))
-        event_data.state = machine.get_model_state(event_data.model)
-        if self._is_valid_source(event_data.state):  # raises MachineError where invalid
-            self._process(event_data)
-        return bool(event_data.result)
-
-    def _process(self, event_data: Any) -> bool:
-        if self.machine.prepare_event:
-            return bool(super()._process(event_data))
-        for trans in self.transitions[event_data.state.name]:
-            event_data.transition = trans
-            if trans.execute(event_data):
-                event_data.result = True
-                break
-        return False  # unused: _trigger reads event_data.result
-
-
-class _Machine(Machine):
-    """A synchronous ``transitions.Machine`` whose state lookup is one dict access."""
-
-    state_cls = _MachineState
-    transition_cls = _Transition
-    event_cls = _Event
-    _by_key: Mapping[Any, Any] = MappingProxyType({})  # filled by add_states
-
-    def add_states(self, *args: Any, **kwargs: Any) -> None:
-        super().add_states(*args, **kwargs)
-        # By name (what transitions keys on) and by enum member (what the model holds).
-        self._by_key = {**self.states, **{s.value: s for s in self.states.values()}}
-
-    def get_state(self, state: Any) -> Any:
-        found = self._by_key.get(state)
-        return found if found is not None else super().get_state(state)
-
-
-def _build_machine() -> dict[Trigger, Any]:
-    """The events of the one machine every Lifecycle runs on (it has no model of its own;
-    each event holds the machine)."""
-    transitions: list[dict[str, Any]] = []
+def _build_machine() -> Machine:
+    """The one machine every Lifecycle runs on, built from ``TABLE`` (it has no model of its
+    own: each trigger names the model it moves)."""
+    specs: list[dict[str, Any]] = []
     for (src, trig), dsts in _TABLE.items():
         for dst in sorted(dsts, key=lambda s: s.value):
             spec: dict[str, Any] = {"trigger": trig.value, "source": src, "dest": dst}
-            if len(dsts) > 1:
+            if len(dsts) > 1:  # the caller's evidence picks the destination
                 spec["conditions"] = [_evidence_targets(dst)]
-            transitions.append(spec)
-    machine = _Machine(
+            specs.append(spec)
+    return Machine(
         model=None,
         states=State,
-        transitions=transitions,
+        transitions=specs,
         initial=S.ACTIVE,  # unused (no model), but keeps transitions from adding "initial"
         auto_transitions=False,
         send_event=True,
@@ -315,8 +210,6 @@ def _build_machine() -> dict[Trigger, Any]:
         queued=False,
         model_attribute="state",
     )
-    events = machine.events
-    return {t: events[t.value] for t in Trigger if t.value in events}
 
 
 def _evidence_targets(dst: State) -> Any:
@@ -327,7 +220,7 @@ def _evidence_targets(dst: State) -> Any:
     return condition
 
 
-_EVENTS = _build_machine()
+_MACHINE = _build_machine()
 
 
 def mermaid() -> str:

@@ -39,7 +39,7 @@ from offload_fsm.errors import ConfigError, IllegalTransition
 from offload_fsm.events import EngineRegistered, RunFinished, RunStarted, Transition
 from offload_fsm.gate import GateContext, GateResult, NudgeHub, run_gate
 from offload_fsm.gpu_sharing import blocking, check_wake_group, conflicts, neighbours
-from offload_fsm.group_wake_gate import wake_group_gate
+from offload_fsm.group_wake_gate import emit_member_decisions, wake_group_gate
 from offload_fsm.interruptions import failure_reason, gated_exit
 from offload_fsm.lifecycle import Evidence, Lifecycle, State, Trigger
 from offload_fsm.orchestrator_config import OrchestratorConfig
@@ -150,8 +150,7 @@ class Orchestrator:
         await anyio.lowlevel.checkpoint_if_cancelled()  # cancelled already: touch nothing
         await self._fire(eng, Trigger.RELEASE)  # illegal -> raises before any engine call
         try:
-            # One cancel scope armed around each engine call and probe of the operation:
-            # a scope per call cost more than a simulated call (deadlines.RoundDeadlines).
+            # Each engine call and probe round of the operation has a deadline of its own.
             with RoundDeadlines(self.clock) as calls:
                 await self._call(
                     eng,
@@ -213,22 +212,27 @@ class Orchestrator:
                 policy=self.config.wake_gate,
                 threshold_bytes=self.config.threshold_bytes,
                 clock=self.clock,
-                recorder=self.recorder,
             )
         except BaseException as exc:
             for eng in group:
                 await self._leave_gated(eng, exc)
             raise
-        # No await between the final blocker check (in wake_group_gate) and these triggers.
+        # Decide: no await between the final blocker check (in wake_group_gate) and these
+        # triggers, so no other wake can open on these GPUs on the same reading. Then tell:
+        # the members' decisions, then their transitions (the log records every one made).
         reason = "FAIL-OPEN: gate opened unmeasured" if result.fail_open else None
         steps = [eng.lifecycle.fire(Trigger.GATE_OPEN, reason=reason) for eng in group]
+        with anyio.CancelScope(shield=True):
+            await emit_member_decisions(
+                group, result, self.config.wake_gate, self.config.threshold_bytes, self.recorder
+            )
         for eng, step in zip(group, steps, strict=True):
             await self._emit_transition(eng, step)
         await all_or_first_error([partial(self._resume, eng, tags) for eng in group])
 
     async def _resume(self, eng: Engine, tags: Sequence[str] | None) -> None:
         try:
-            with RoundDeadlines(self.clock) as calls:  # one scope for both calls, as release
+            with RoundDeadlines(self.clock) as calls:
                 await self._tagged_call(eng, calls, "resume", eng.spec.adapter.resume, tags)
                 if eng.resident_before:
                     pids = self._pids_of(eng)
@@ -284,9 +288,7 @@ class Orchestrator:
         await self._emit_transition(eng, eng.lifecycle.fire(trigger, reason=reason))
 
     async def _emit_transition(self, eng: Engine, step: Any, evidence: str | None = None) -> None:
-        # ``_value_``: the member's value as a plain attribute (``.value`` is a property
-        # call, three per transition on the hot path).
-        dst: str = step.dst._value_
+        dst: str = step.dst.value
         eng.history.append(dst)
         if step.dst in (State.SLEPT, State.FAILED):
             self.nudges.nudge(eng.gpus)  # memory or a blocker on these GPUs may have gone
@@ -294,9 +296,9 @@ class Orchestrator:
             "engine_id": eng.id,
             "pipeline_id": eng.spec.pipeline_id,
             "gpus": eng.gpus,
-            "src": step.src._value_,
+            "src": step.src.value,
             "dst": dst,
-            "trigger": step.trigger._value_,
+            "trigger": step.trigger.value,
             "reason": step.reason,
             "evidence": evidence,
         }
@@ -323,7 +325,6 @@ class Orchestrator:
         *args: Any,
         detail: str = "",
     ) -> Coroutine[Any, Any, None]:
-        # Returns call_engine's coroutine itself: no extra frame on the hot path.
         return call_engine(
             eng,
             name,

@@ -54,6 +54,7 @@ from offload_fsm.drivers.sim_world import SimOptions, SimWorld, build_sim_world
 from offload_fsm.errors import OffloadFsmError, ProbeError, TransientProbeError
 from offload_fsm.eventlog import EventLogWriter
 from offload_fsm.events import Event, Transition
+from offload_fsm.idle import run as run_virtual
 from offload_fsm.lifecycle import Evidence, State
 from offload_fsm.orchestrator import Orchestrator, OrchestratorConfig
 from offload_fsm.probe.attribution import resident_by_gpu
@@ -471,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             def progress(r: SoakResult, backend: str = backend) -> None:
                 print(f"  [{backend}] {r.cycles} cycles, {r.steps} steps", flush=True)
 
-            result = anyio.run(
+            result = run_virtual(
                 partial(
                     soak,
                     args.cycles,

@@ -6,11 +6,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import anyio
 import pytest
 
+from offload_fsm.idle import run as run_virtual
 from tests.bench import (
     bench_core,
+    bench_overhead,
     bench_scale,
     bench_shared_rounds,
     compare_scale,
@@ -21,7 +22,7 @@ from tests.bench import (
 def test_shared_rounds_bench_shows_one_round_for_gates_polling_together(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert anyio.run(bench_shared_rounds.main, ["--moments", "5"]) == 0
+    assert run_virtual(bench_shared_rounds.main, ["--moments", "5"]) == 0
     out = capsys.readouterr().out
     rows = re.findall(r"^NVML backend over the fake module\s+(\d+)\s+(.*)$", out, re.M)
     assert [int(g) for g, _ in rows] == list(bench_shared_rounds.GATES)
@@ -38,7 +39,7 @@ def test_scale_bench_prints_the_cycle_and_its_baselines(
     monkeypatch.setenv("BENCH_STEPS", "1")
     monkeypatch.setenv("BENCH_EXTRA", "1")
     monkeypatch.setenv("BENCH_REPEAT", "2")
-    anyio.run(bench_scale.main)
+    run_virtual(bench_scale.main)
     out = capsys.readouterr().out
     assert "fastest of 2 runs each" in out
     assert re.search(r"max RSS so far [\d.]+ MiB\)$", out, re.M)
@@ -62,7 +63,7 @@ def test_scale_bench_prints_the_cycle_and_its_baselines(
 def test_scale_bench_refuses_a_repeat_below_one(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BENCH_REPEAT", "0")
     with pytest.raises(SystemExit, match="BENCH_REPEAT must be >= 1, got 0"):
-        anyio.run(bench_scale.main)
+        run_virtual(bench_scale.main)
 
 
 def test_core_bench_prints_lifecycle_memory_and_event_costs_beside_baselines(
@@ -76,7 +77,6 @@ def test_core_bench_prints_lifecycle_memory_and_event_costs_beside_baselines(
     for kind in ("Transition", "GateDecision"):
         assert re.search(rf"build a {kind} \(frozen, as shipped\), mean\s+[\d.]+ µs", out)
     assert len(re.findall(r"build the same fields, not frozen, mean\s+[\d.]+ µs", out)) == 2
-    assert len(re.findall(r"build it with dataclass's frozen __init__, mean\s+[\d.]+ µs", out)) == 2
 
 
 def test_count_instructions_counts_more_calls_for_more_steps_and_names_a_missing_valgrind(
@@ -104,3 +104,37 @@ def test_compare_scale_prints_a_ratio_per_pair_and_refuses_a_tree_that_is_not_on
     with pytest.raises(SystemExit):
         compare_scale.main([str(tmp_path)])
     assert "not a checkout of this project" in capsys.readouterr().err
+
+
+def test_overhead_bench_prints_a_share_of_the_physical_cost_per_size(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert bench_overhead.main(["--engines", "1,4", "--cycles", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "22-35 ms" in out  # the physical release + resume it is measured against
+    rows = re.findall(
+        r"^\s+(\d+)\s+([\d.]+) ms\s+([\d.]+) µs\s+([\d.]+) %\s+([\d.]+) %$", out, re.M
+    )
+    assert [r[0] for r in rows] == ["1", "4"]
+    for _, cycle_ms, engine_us, share, whole in rows:
+        assert float(cycle_ms) > 0 and float(engine_us) > 0
+        assert float(share) == pytest.approx(float(engine_us) / 1e3 / 22 * 100, abs=0.02)
+        assert float(whole) == pytest.approx(float(cycle_ms) / 22 * 100, abs=0.1)
+    with pytest.raises(SystemExit):
+        bench_overhead.main(["--engines", "0"])
+
+
+def test_compare_scale_prints_the_overhead_of_both_trees_side_by_side(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    here = str(compare_scale.HERE)
+    assert compare_scale.main([here, "--overhead", "--engines", "2", "--pairs", "1"]) == 0
+    out = capsys.readouterr().out
+    row = re.search(
+        r"^\s+2\s+([\d.]+) µs\s+([\d.]+)%\s+([\d.]+) µs\s+([\d.]+)%\s+([\d.]+)$", out, re.M
+    )
+    assert row is not None, out
+    other, this = float(row[1]), float(row[3])
+    assert float(row[5]) == pytest.approx(this / other, abs=0.01)
+    with pytest.raises(SystemExit):
+        compare_scale.main([here, "--overhead", "--engines", "0"])

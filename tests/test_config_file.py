@@ -21,6 +21,7 @@ from offload_fsm.probe.base import GIB
 from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
 from offload_fsm.replay import replay_path
 from tests import config_hooks
+from tests.conftest import ASYNCIO
 
 ENGINES = """
 [[pipeline]]
@@ -131,7 +132,7 @@ def test_load_hook() -> None:
             load_hook(spec, "h")
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("anyio_backend", [ASYNCIO])
 async def test_driver_runs_real_http_engines_from_a_config(tmp_path: Path) -> None:
     devices = make_devices(2)
     ledger = tmp_path / "ledger"

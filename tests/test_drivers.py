@@ -12,8 +12,9 @@ from offload_fsm.eventlog import load_events
 from offload_fsm.events import EngineRegistered, PhaseChanged, RunFinished, Transition
 from offload_fsm.probe.base import GIB
 from offload_fsm.topology import PipelineTopology, dual_topology
+from tests.conftest import ASYNCIO
 
-pytestmark = pytest.mark.parametrize("anyio_backend", ["asyncio"])  # virtual time, one loop
+pytestmark = pytest.mark.parametrize("anyio_backend", [ASYNCIO])  # virtual time, one loop
 
 
 def _opts(tmp_path: Path, topologies: tuple[PipelineTopology, ...], **kw: object) -> RunOptions:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 
 import anyio
 import anyio.lowlevel
-import pytest
 
-from offload_fsm.idle import _hook_for, wait_all_tasks_blocked
+from offload_fsm.idle import BACKEND_OPTIONS, wait_all_tasks_blocked
+from offload_fsm.idle import run as run_virtual
 
 
 async def test_returns_after_a_busy_task_blocks() -> None:
@@ -69,22 +71,56 @@ async def test_a_cancelled_wait_leaves_the_next_one_working() -> None:
         tg.cancel_scope.cancel()
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_waiting_twice_in_a_row_shares_one_selector_hook() -> None:
-    loop = asyncio.get_running_loop()
-    await wait_all_tasks_blocked()
-    hook = _hook_for(loop)
-    await wait_all_tasks_blocked()
-    assert _hook_for(loop) is hook
-    assert loop._selector is hook  # type: ignore[attr-defined]
+def test_an_idle_aware_loop_tells_idleness_without_polling() -> None:
+    """On offload_fsm.idle's loop a wait ends as soon as the loop would wait for I/O, each
+    time; on any other asyncio loop the wait still ends only once the busy task blocked."""
+
+    async def main() -> tuple[float, int]:
+        gate = anyio.Event()
+        steps: list[int] = []
+
+        async def busy() -> None:
+            for i in range(50):
+                steps.append(i)
+                await anyio.lowlevel.checkpoint()
+            await gate.wait()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(busy)
+            t0 = time.perf_counter()
+            await wait_all_tasks_blocked()
+            seen = len(steps)
+            for _ in range(19):
+                await wait_all_tasks_blocked()
+            took = time.perf_counter() - t0
+            gate.set()
+        return took, seen
+
+    took, seen = anyio.run(main, backend="asyncio", backend_options=BACKEND_OPTIONS)
+    assert seen == 50 and took < 1.0  # 20 waits: no real-time polling between them
+    _, seen = anyio.run(main, backend="asyncio")  # a plain loop: anyio's own wait
+    assert seen == 50
 
 
-def test_a_loop_without_a_selector_is_refused_by_name() -> None:
-    class ProactorLike:
-        _ready: list[object] = []
+def test_ready_io_is_not_idle() -> None:
+    """A socket with data to read makes the loop busy: its reader runs before the wait ends."""
 
-    with pytest.raises(RuntimeError, match="ProactorLike"):
-        _hook_for(ProactorLike())  # type: ignore[arg-type]
+    async def main() -> list[str]:
+        order: list[str] = []
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        try:
+            a.setblocking(False)
+            loop.add_reader(a, lambda: order.append("read") or loop.remove_reader(a))
+            b.send(b"x")
+            await wait_all_tasks_blocked()
+            order.append("idle")
+        finally:
+            a.close()
+            b.close()
+        return order
+
+    assert run_virtual(main) == ["read", "idle"]
 
 
 async def test_several_waiters_each_return() -> None:

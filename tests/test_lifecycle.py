@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import itertools
-import logging
-from typing import Any
 
 import pytest
 from hypothesis import given
@@ -15,7 +13,6 @@ from offload_fsm.lifecycle import (
     Lifecycle,
     State,
     Trigger,
-    _Machine,
     mermaid,
     next_state,
 )
@@ -112,97 +109,6 @@ def test_random_trigger_sequences_stay_in_table(triggers: list[Trigger]) -> None
         else:
             assert lc.state in TABLE[(before, trigger)]
         assert lc.state in State
-
-
-def test_trigger_skips_transitions_logging_when_nothing_listens(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    lc = Lifecycle("e0")
-    with caplog.at_level(logging.DEBUG, logger="transitions"):
-        lc.fire(Trigger.RELEASE)
-    assert lc.state is State.RELEASING
-    logged = [r.msg for r in caplog.records if r.name.startswith("transitions")]
-    # transitions' own path logs six lines here; what is left is its finalize line.
-    assert len(logged) <= 1, logged
-
-
-class _StateHolder:
-    state: str
-
-
-def bare_machine(**options: Any) -> tuple[_StateHolder, _Machine]:
-    """A lifecycle ``_Machine`` (no auto transitions) over a model of its own."""
-    model = _StateHolder()
-    return model, _Machine(model=model, auto_transitions=False, **options)
-
-
-def test_machine_fast_paths_still_run_registered_callbacks() -> None:
-    """The lifecycle's Machine subclass skips transitions' callback walks only when there
-    are none: a machine with callbacks gets every one, in transitions' order."""
-    calls: list[str] = []
-
-    model, machine = bare_machine(
-        states=["a", "b"],
-        transitions=[
-            {
-                "trigger": "go",
-                "source": "a",
-                "dest": "b",
-                "prepare": lambda: calls.append("prepare"),
-                "conditions": lambda: calls.append("condition") is None,
-                "before": lambda: calls.append("before"),
-                "after": lambda: calls.append("after"),
-            }
-        ],
-        initial="a",
-        prepare_event=lambda: calls.append("prepare_event"),
-        before_state_change=lambda: calls.append("before_state_change"),
-    )
-    assert machine.events["go"].trigger(model)
-    assert model.state == "b"
-    assert calls == [
-        "prepare_event",
-        "prepare",
-        "condition",
-        "before_state_change",
-        "before",
-        "after",
-    ]
-
-
-def test_machine_fast_paths_still_run_state_and_finalize_callbacks() -> None:
-    """State exit/enter callbacks, final states and finalize callbacks take transitions'
-    own path: each runs, in transitions' order."""
-    calls: list[str] = []
-
-    model, machine = bare_machine(
-        states=[
-            {"name": "a", "on_exit": lambda: calls.append("exit a")},
-            {"name": "b", "on_enter": lambda: calls.append("enter b"), "final": True},
-        ],
-        transitions=[{"trigger": "go", "source": "a", "dest": "b"}],
-        initial="a",
-        on_final=lambda: calls.append("on_final"),
-        finalize_event=lambda: calls.append("finalize"),
-    )
-    assert machine.events["go"].trigger(model)
-    assert model.state == "b"
-    assert calls == ["exit a", "enter b", "on_final", "finalize"]
-
-
-def test_a_queued_machine_takes_transitions_own_trigger_path() -> None:
-    model, machine = bare_machine(
-        states=["a", "b", "c"],
-        transitions=[
-            {"trigger": "go", "source": "a", "dest": "b", "after": lambda: machine.events[
-                "on"].trigger(model)},
-            {"trigger": "on", "source": "b", "dest": "c"},
-        ],
-        initial="a",
-        queued=True,
-    )  # fmt: skip
-    assert machine.events["go"].trigger(model)  # "on" is queued, then run after "go"
-    assert model.state == "c"
 
 
 def test_lifecycles_sharing_one_machine_keep_their_own_state() -> None:

@@ -350,7 +350,9 @@ def test_probe_rounds_are_shared_by_default_only_where_a_round_is_not_cheap() ->
     assert rounds_of(costly, False) is costly
 
 
-async def test_gates_polling_together_share_probe_rounds(world: World, anyio_backend: str) -> None:
+async def test_gates_polling_together_share_probe_rounds(
+    world: World, anyio_backend_name: str
+) -> None:
     """Four engines released together: their release gates poll in lockstep and share each
     round (OrchestratorConfig.share_probe_rounds); without sharing, one round per gate poll."""
     backend = world.orch.probe
@@ -376,7 +378,9 @@ async def test_gates_polling_together_share_probe_rounds(world: World, anyio_bac
     assert alone_rounds == 4 * (1 + 3)
     # On asyncio the virtual clock wakes same-instant sleepers in one pass: all four gates
     # poll together. On trio it wakes them one at a time (in order), so fewer of them meet.
-    assert shared_rounds == 1 + 3 if anyio_backend == "asyncio" else shared_rounds < alone_rounds
+    assert (
+        shared_rounds == 1 + 3 if anyio_backend_name == "asyncio" else shared_rounds < alone_rounds
+    )
     await world.drain()
     opened = [e for e in world.kinds(GateDecision) if e.gate == "release" and e.opened]  # type: ignore[attr-defined]
     assert sorted(e.engine_id for e in opened) == sorted(ids * 2)

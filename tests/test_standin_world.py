@@ -10,6 +10,7 @@ from offload_fsm.drivers.standin_world import build_standin_world, topologies_fo
 from offload_fsm.lifecycle import State
 from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
 from offload_fsm.probe.processes import ProcessTable
+from tests.conftest import ASYNCIO
 
 
 def test_topologies_for_device_counts() -> None:
@@ -18,7 +19,7 @@ def test_topologies_for_device_counts() -> None:
     assert single.train == (0,) and single.infer == (0, 1)
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("anyio_backend", [ASYNCIO])
 async def test_world_starts_process_trees_and_cleans_them_up() -> None:
     probe = FakeBackend(FakeGpus(make_devices(1)))
     world = await build_standin_world(

@@ -288,7 +288,7 @@ class MemoryModel:
             tag: [(now, footprint.tag_bytes(tag))] for tag in TAGS
         }
         # (from, until, bytes): bytes_at is constant between two steps, and every probe
-        # round asks for it (at scale, recomputing it was a tenth of the benchmark's time)
+        # round asks for it: the span it last answered is kept
         self._span: tuple[float, float, int] | None = None
 
     def _set(self, tag: str, at: float, nbytes: int, now: float) -> None:

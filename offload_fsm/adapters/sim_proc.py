@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -145,7 +146,7 @@ def scheduler_main(conn: Connection, config: dict[str, Any]) -> None:
         while True:
             now = time.monotonic()
             if model.dead_at is not None and now >= model.dead_at:
-                os._exit(70)  # a crash: no cleanup, the ledger file stays (its pid is dead)
+                os.kill(os.getpid(), signal.SIGKILL)  # a crash: no cleanup, the ledger stays
             nxt = model.next_change_after(now)
             wait = _PARENT_CHECK_S if nxt is None else min(_PARENT_CHECK_S, max(0.0, nxt - now))
             if conn.poll(wait):

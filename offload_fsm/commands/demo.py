@@ -29,6 +29,7 @@ from offload_fsm.config import parse_positive_gib, parse_positive_int
 from offload_fsm.drivers.cli_options import add_run_arguments, run_options
 from offload_fsm.drivers.report import print_report
 from offload_fsm.drivers.runner import RunOutcome, run_simulated, run_standin
+from offload_fsm.idle import run as run_virtual
 from offload_fsm.probe.select import BACKEND_NAMES
 from offload_fsm.topology import dual_topology
 
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--backend", args.backend, "fake with --engines sim")
         gpu_count = parse_positive_int("--gpus", args.gpus)
         opts = run_options(args, dual_topology(gpu_count, os.environ), "offload-fsm demo")
-        outcome = anyio.run(run_simulated, opts)
+        outcome = run_virtual(run_simulated, opts)  # virtual time
     else:
         outcome = anyio.run(_torch, args)
     return print_report(outcome, sys.stdout)

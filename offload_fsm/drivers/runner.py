@@ -27,7 +27,6 @@ from offload_fsm.clock import Clock, RealClock, VirtualClock
 from offload_fsm.concurrency import all_or_first_error
 from offload_fsm.config import GatePolicy
 from offload_fsm.config_file import RunConfig
-from offload_fsm.drivers.gc_freeze import frozen_setup
 from offload_fsm.drivers.pipeline import Pipeline, shrink_gpus_for
 from offload_fsm.drivers.progress import ProgressPrinter
 from offload_fsm.drivers.sim_world import SimOptions, build_sim_world
@@ -186,8 +185,7 @@ async def _run(opts: RunOptions, clock: Clock, world: World, out: TextIO) -> Run
                     for spec in world.specs:
                         await orch.register(spec)
                     pipelines = _pipelines(opts, world, orch, view, recorder, clock)
-                    with frozen_setup():
-                        await all_or_first_error([partial(p.run, opts.steps) for p in pipelines])
+                    await all_or_first_error([partial(p.run, opts.steps) for p in pipelines])
                 if work.cancelled_caught:
                     status = "signalled"  # finished below, with the signal named
             except OffloadFsmError as exc:

@@ -16,6 +16,7 @@ from offload_fsm.drivers.cli_options import add_run_arguments, run_options
 from offload_fsm.drivers.report import print_report
 from offload_fsm.drivers.runner import run_configured, run_simulated
 from offload_fsm.errors import OffloadFsmError
+from offload_fsm.idle import run as run_virtual
 from offload_fsm.redact import redact
 from offload_fsm.topology import PipelineTopology, dual_topology, parse_gpu_list
 
@@ -82,7 +83,7 @@ def _run(
             outcome = anyio.run(partial(run_configured, opts, config))
         else:
             opts = run_options(args, build(), command)
-            outcome = anyio.run(run_simulated, opts)
+            outcome = run_virtual(run_simulated, opts)  # virtual time
         return print_report(outcome, sys.stdout)
     except OffloadFsmError as exc:
         print(redact(f"{command}: error: {exc}"), file=sys.stderr)

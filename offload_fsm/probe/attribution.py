@@ -17,7 +17,6 @@ from typing import Any
 
 from offload_fsm.errors import ConfigError
 from offload_fsm.events import ProcessEntry
-from offload_fsm.frozen_init import fast_frozen_init
 from offload_fsm.probe.base import GIB, MIB, DeviceMemory, GpuDevice, ProbeRound
 from offload_fsm.probe.processes import FOREIGN, PID_NAMESPACES, UNKNOWN, ProcessTable
 
@@ -80,7 +79,6 @@ def format_bytes(n: int | None) -> str:
     return f"{n / MIB:.0f} MiB"
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class AttributedProcess:
     pid: int
@@ -89,7 +87,6 @@ class AttributedProcess:
     comm: str | None = None  # the process name where the process table knew it
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class GpuAttribution:
     memory: DeviceMemory
@@ -104,7 +101,6 @@ class GpuAttribution:
         return self.memory.device
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class Attribution:
     """Who holds the memory on the GPUs of one round."""

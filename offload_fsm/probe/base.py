@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from offload_fsm.frozen_init import fast_frozen_init
-
 GIB = 1024**3
 MIB = 1024**2
 
@@ -43,7 +41,6 @@ class GpuDevice:
         return self._label
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class DeviceMemory:
     """Whole-device memory of one GPU in one round."""
@@ -56,7 +53,6 @@ class DeviceMemory:
     semantics: str = "v2"  # "v2" | "v1" (used includes the reserve) | "smi"
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class GpuProcess:
     """A compute process on one GPU. ``used_bytes`` None: the driver would not say."""
@@ -75,7 +71,6 @@ class UnplacedProcess:
     used_bytes: int | None
 
 
-@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class ProbeRound:
     """Everything one probe round saw, for the devices asked about (in that order)."""

@@ -1,7 +1,8 @@
-"""The NVML backend (nvidia-ml-py): in-process, ~10 us a call.
+"""The NVML backend (nvidia-ml-py): in-process.
 
 - **One hop per round**: every NVML call of a round runs in one job on one dedicated worker
-  thread (a thread hop costs ~85 us, an NVML call ~8 us; a hop per call would cost 10x).
+  thread: a round's readings of all its GPUs are taken back to back, and the event loop
+  never waits on the driver.
   The thread wakes the event loop through the loop's own thread-safe hook, so it works on
   asyncio and trio alike.
 - **Init once, lazily** on that thread; **re-init after fork** (a child has no worker thread

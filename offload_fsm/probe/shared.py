@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from offload_fsm.oneshot import OneShot, checkpoint, one_shot
+import anyio
+import anyio.lowlevel
+
 from offload_fsm.probe.base import DeviceMemory, GpuDevice, GpuProcess, ProbeBackend, ProbeRound
 
 
@@ -31,18 +33,18 @@ class _Batch:
     def __init__(self, devices: Sequence[GpuDevice]) -> None:
         self.devices = devices  # the leader's
         self.union: dict[str, GpuDevice] = {}  # everybody's, built when the first joins
-        self.joiners: list[OneShot] = []  # a wake-up each: one waiter per future on asyncio
+        self.joiners: list[anyio.Event] = []  # a wake-up each
         self.round: ProbeRound | None = None  # None once done: retry alone
         self.memory: dict[str, DeviceMemory] = {}
         self.processes: dict[str, list[GpuProcess]] = {}
 
-    def join(self, devices: Sequence[GpuDevice]) -> OneShot:
+    def join(self, devices: Sequence[GpuDevice]) -> anyio.Event:
         union = self.union
         if not union:
             union.update((d.key, d) for d in self.devices)
         for dev in devices:
             union.setdefault(dev.key, dev)  # key -> device, in the order asked
-        done = one_shot()
+        done = anyio.Event()
         self.joiners.append(done)
         return done
 
@@ -67,7 +69,7 @@ class _Batch:
         if unknown:
             keys = {d.key for d in devices}
             unknown = tuple(k for k in unknown if k in keys)
-        return ProbeRound(  # the constructor: dataclasses.replace costs twice as much
+        return ProbeRound(
             backend=round.backend,
             sampled_at=round.sampled_at,
             memory=memory,
@@ -105,7 +107,7 @@ class SharedRounds:
             return await self._alone(devices)
         batch = self._open[nodes] = _Batch(devices)
         try:
-            await checkpoint()  # callers ready at this moment join now
+            await anyio.lowlevel.checkpoint()  # callers ready at this moment join now
         except BaseException:  # cancelled before its round: the joiners retry alone
             batch.finish(None)
             raise

@@ -67,7 +67,7 @@ class Replayer(WakeGateChecks):
     # -- envelope --------------------------------------------------------------------------
 
     def feed(self, line: int, event: Event) -> None:
-        # The hot path (every event): plain attribute reads, no formatting unless it breaks.
+        # Every event passes here: messages are formatted only for what breaks.
         self.last_line = line
         if self._run_id is None:
             self._first(line, event)

@@ -1,9 +1,9 @@
 """Virtual-clock primitives on the hot path of every gate round and engine call, side by side
 with what they replaced. Run: ``python -m tests.bench.bench_clock``.
 
-1. a deadline around one await: ``deadline()`` (a cancel scope entered and left per await)
-   vs ``RoundDeadlines.run`` (one scope for the series, re-armed per await);
-2. what a sleeper waits on: ``anyio.Event()`` vs ``oneshot.one_shot()`` (a bare future on asyncio).
+1. a deadline around one await: ``deadline()`` and ``RoundDeadlines.run`` (a deadline per
+   await of a series);
+2. what a sleeper waits on: ``anyio.Event()``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import anyio.lowlevel
 
 from offload_fsm.clock import VirtualClock
 from offload_fsm.deadlines import RoundDeadlines, deadline
-from offload_fsm.oneshot import one_shot
+from offload_fsm.idle import run as run_virtual
 
 N = 20_000
 ROUNDS = 5
@@ -52,7 +52,6 @@ async def main() -> None:
     shared: list[float] = []
     bare: list[float] = []
     events: list[float] = []
-    signals: list[float] = []
 
     async def with_deadline() -> None:
         async with deadline(clock, 5.0):
@@ -67,16 +66,14 @@ async def main() -> None:
             with RoundDeadlines(clock) as rounds:
                 shared.append(await _time_async(N, lambda: rounds.run(5.0, _noop)))
             events.append(_time_sync(N, anyio.Event))
-            signals.append(_time_sync(N, one_shot))
         tg.cancel_scope.cancel()
     print(f"virtual-clock primitives, asyncio, {N} each, best of {ROUNDS}")
     print(f"  bare await of a no-op coroutine                 {_best_us(bare)}")
     print(f"  1. deadline() around it (scope per await)       {_best_us(per_await)}")
-    print(f"     RoundDeadlines.run (one scope, re-armed)     {_best_us(shared)}")
+    print(f"     RoundDeadlines.run                           {_best_us(shared)}")
     print(f"  2. anyio.Event()                                {_best_us(events)}")
-    print(f"     oneshot.one_shot() (bare future)            {_best_us(signals)}")
     sys.stdout.flush()
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    run_virtual(main)

@@ -42,7 +42,6 @@ from offload_fsm.events import (
     ProcessEntry,
     Transition,
 )
-from offload_fsm.frozen_init import DATACLASS_INITS
 from offload_fsm.lifecycle import TABLE, Lifecycle, State, Trigger, next_state
 
 try:
@@ -282,13 +281,6 @@ def unfrozen_copy(kind: type[Event]) -> type:
 BASE = "baseline"
 
 
-def dataclass_frozen_copy(kind: type[Event]) -> type:
-    """``kind`` with the ``__init__`` dataclass generated (before fast_frozen_init)."""
-    return type(f"DataclassInit{kind.__name__}", (kind,), {
-        "__slots__": (), "__init__": DATACLASS_INITS[kind]
-    })  # fmt: skip
-
-
 EVENT_FIELDS: dict[type[Event], dict[str, Any]] = {
     Transition: dict(
         engine_id="e", pipeline_id="p", gpus=("g",), src="active", dst="releasing",
@@ -311,7 +303,6 @@ def bench_costs(n: int, rounds: int) -> None:
     for kind, fields in EVENT_FIELDS.items():
         variants = (
             (kind, f"build a {kind.__name__} (frozen, as shipped), mean", ""),
-            (dataclass_frozen_copy(kind), "build it with dataclass's frozen __init__, mean", BASE),
             (unfrozen_copy(kind), "build the same fields, not frozen, mean", BASE),
         )
         for cls, label, note in variants:

@@ -20,6 +20,7 @@ from offload_fsm.conditions import WakeCondition
 from offload_fsm.config import GatePolicy
 from offload_fsm.events import Transition
 from offload_fsm.gate import run_gate
+from offload_fsm.idle import run as run_virtual
 from offload_fsm.lifecycle import State
 from offload_fsm.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig
 from offload_fsm.probe.base import GIB
@@ -209,4 +210,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    run_virtual(main)

@@ -15,10 +15,8 @@ Each node has its own fake GPU ledger (as NVML sees only its node); one routed p
 a round for GPUs on several nodes, concurrently; "rounds/cycle" counts the rounds the nodes'
 backends ran. Run: ``python -m tests.bench.bench_scale``.
 
-Then, at the largest size, the baselines side by side: the same run with each measure taken
-back in turn (the ledger's probe rounds shared between gates, as NVML's are; the collector's
-thresholds at CPython's defaults; those, and the set-up not frozen either).
-``BENCH_BASELINES=0`` skips them.
+Then, at the largest size, the baseline side by side: the same run with the ledger's probe
+rounds shared between gates, as NVML's are. ``BENCH_BASELINES=0`` skips it.
 
 Each run is made ``BENCH_REPEAT`` times (default 3) and the one with the fastest full cycle
 kept, as ``timeit`` keeps its fastest: a shared VM's speed moves from minute to minute.
@@ -28,7 +26,6 @@ machine from slow code.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import resource
@@ -43,10 +40,10 @@ import anyio
 from offload_fsm.bus import EventBus, Recorder
 from offload_fsm.clock import VirtualClock
 from offload_fsm.concurrency import all_or_first_error
-from offload_fsm.drivers.gc_freeze import RUN_YOUNG_THRESHOLD, frozen_setup
 from offload_fsm.drivers.pipeline import Pipeline, shrink_gpus_for
 from offload_fsm.drivers.sim_world import SimOptions, build_sim_world
 from offload_fsm.drivers.view import RunView
+from offload_fsm.idle import BACKEND_OPTIONS
 from offload_fsm.orchestrator import Orchestrator, OrchestratorConfig
 from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend, ProbeRound, rounds_are_cheap
 from offload_fsm.probe.fake import FakeBackend
@@ -103,16 +100,12 @@ class Variant:
 
     name: str
     share_rounds: bool | None = None  # OrchestratorConfig.share_probe_rounds (None: auto)
-    freeze: bool = True  # gc_freeze.frozen_setup around the steps
-    young_threshold: int | None = RUN_YOUNG_THRESHOLD  # None: CPython's default (700)
 
 
 SHIPPED = Variant("as shipped")
 BASELINES = (
     # Shipped: the fake ledger's rounds are cheap, so not shared (probe.base.rounds_are_cheap).
     Variant("probe rounds shared all the same", share_rounds=True),
-    Variant("collector thresholds at CPython's defaults", young_threshold=None),
-    Variant("CPython's thresholds, set-up not frozen", freeze=False, young_threshold=None),
 )
 
 
@@ -238,10 +231,7 @@ async def scale_run(nodes: int, steps: int, variant: Variant = SHIPPED) -> RunFi
                     )
                 )
         t0, v0 = time.perf_counter(), clock.now()
-        setup = (
-            frozen_setup(variant.young_threshold) if variant.freeze else contextlib.nullcontext()
-        )
-        with GcTimer() as gc_timer, setup:
+        with GcTimer() as gc_timer:
             await all_or_first_error([partial(p.run, steps) for p in pipelines])  # as the runner
         wall, virtual = time.perf_counter() - t0, clock.now() - v0
         bus.close()
@@ -351,4 +341,4 @@ def _row(n: int, fig: CycleFigures) -> str:
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    anyio.run(main, backend_options=BACKEND_OPTIONS)

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 
+from offload_fsm.idle import run as run_virtual
 from offload_fsm.probe.base import GpuDevice, ProbeBackend
 from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
 from offload_fsm.probe.nvml import NvmlBackend
@@ -120,4 +121,4 @@ def _rounds(backend: ProbeBackend) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(anyio.run(main, sys.argv[1:]))
+    sys.exit(run_virtual(main, sys.argv[1:]))

@@ -23,8 +23,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-import anyio
-
+from offload_fsm.idle import run as run_virtual
 from tests.bench.bench_scale import Variant, scale_run
 
 SHARE = {"auto": None, "on": True, "off": False}
@@ -44,7 +43,7 @@ def calls(nodes: int, steps: int, share: str) -> int:
         await scale_run(nodes, steps, _variant(share))
         profile.disable()
 
-    anyio.run(run)
+    run_virtual(run)
     return sum(stat[1] for stat in pstats.Stats(profile).stats.values())  # type: ignore[attr-defined]
 
 
@@ -78,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.nodes < 1:
         parser.error(f"--nodes must be >= 1, got {args.nodes}")
     if args.child is not None:
-        anyio.run(scale_run, args.nodes, args.child, _variant(args.share))
+        run_virtual(scale_run, args.nodes, args.child, _variant(args.share))
         return 0
     per = (LONG - SHORT) * args.nodes
     short = calls(args.nodes, SHORT, args.share)  # first: it also pays one-time costs

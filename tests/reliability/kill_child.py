@@ -33,6 +33,7 @@ from offload_fsm.drivers.sim_world import SimOptions, build_sim_world
 from offload_fsm.drivers.view import RunView
 from offload_fsm.eventlog import EventLogWriter
 from offload_fsm.events import Event, Transition
+from offload_fsm.idle import run as run_virtual
 from offload_fsm.orchestrator import Orchestrator, OrchestratorConfig
 from offload_fsm.probe.base import GIB
 from offload_fsm.topology import dual_topology
@@ -135,4 +136,4 @@ if __name__ == "__main__":
     parser.add_argument("--mode", choices=["after", "mid"], default="after")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    anyio.run(main, parser.parse_args(sys.argv[1:]))
+    run_virtual(main, parser.parse_args(sys.argv[1:]))
