@@ -4,8 +4,8 @@ Each engine gets an explicit lifecycle (active -> releasing -> slept -> gated ->
 active, plus failed); wakes are gated on measured GPU memory; every step is an event.
 """
 
-from offload_fsm.errors import OffloadFsmError
-from offload_fsm.lifecycle import Lifecycle, State, Trigger
+from offload_fsm.core.errors import OffloadFsmError
+from offload_fsm.core.lifecycle import Lifecycle, State, Trigger
 
 __version__ = "0.1.0"
 

@@ -1,3 +1,3 @@
-from offload_fsm.cli import main
+from offload_fsm.commands.cli import main
 
 raise SystemExit(main())

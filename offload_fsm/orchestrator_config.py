@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from offload_fsm.config import (
+from offload_fsm.core.errors import ConfigError
+from offload_fsm.settings import (
     CUDA_CONTEXT_FLOOR_GIB,
     DEFAULT_RELEASE_MARGIN_GIB,
     GatePolicy,
     gib_to_bytes,
 )
-from offload_fsm.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from offload_fsm.probe.base import GIB
-from offload_fsm.probe.fake import FakeGpus
+from offload_fsm.sim.fake_gpus import FakeGpus
 
 LEDGER: list[FakeGpus] = []
 TRAINER_PID = 3_000_777

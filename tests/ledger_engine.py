@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 import anyio.abc
 
-from offload_fsm.clock import Clock
-from offload_fsm.errors import EngineError
+from offload_fsm.core.errors import EngineError
 from offload_fsm.probe.base import GIB, GpuDevice
-from offload_fsm.probe.fake import FakeGpus
+from offload_fsm.sim.fake_gpus import FakeGpus
+from offload_fsm.timing.clock import Clock
 
 CONTEXT = int(0.6 * GIB)
 

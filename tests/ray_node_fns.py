@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from offload_fsm.probe.base import ProbeBackend
-from offload_fsm.probe.fake import FakeBackend, FakeGpus, Fault
+from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, Fault
 
 NodeFn = Callable[[ProbeBackend], Any]
 

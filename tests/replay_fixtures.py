@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from offload_fsm import __version__, codec
-from offload_fsm.events import (
+from offload_fsm import __version__
+from offload_fsm.core.lifecycle import Evidence, Lifecycle, State, Trigger
+from offload_fsm.events import codec
+from offload_fsm.events.kinds import (
     AdapterCallFailed,
     AdapterCallFinished,
     AdapterCallStarted,
@@ -35,8 +37,7 @@ from offload_fsm.events import (
     RunStarted,
     Transition,
 )
-from offload_fsm.lifecycle import Evidence, Lifecycle, State, Trigger
-from offload_fsm.probe.fake import make_devices
+from offload_fsm.sim.fake_gpus import make_devices
 
 GIB = 1024**3
 TOTAL = 80 * GIB

@@ -44,24 +44,24 @@ import anyio
 import anyio.lowlevel
 import psutil
 
-from offload_fsm.adapters.sim import SimEngine
-from offload_fsm.adapters.sim_model import FaultPlan
-from offload_fsm.bus import EventBus, Recorder
-from offload_fsm.clock import VirtualClock
-from offload_fsm.concurrency import all_or_first_error
-from offload_fsm.config import GatePolicy
+from offload_fsm.core.errors import OffloadFsmError, ProbeError, TransientProbeError
+from offload_fsm.core.lifecycle import Evidence, State
 from offload_fsm.drivers.sim_world import SimOptions, SimWorld, build_sim_world
-from offload_fsm.errors import OffloadFsmError, ProbeError, TransientProbeError
-from offload_fsm.eventlog import EventLogWriter
-from offload_fsm.events import Event, Transition
-from offload_fsm.idle import run as run_virtual
-from offload_fsm.lifecycle import Evidence, State
-from offload_fsm.orchestrator import Orchestrator, OrchestratorConfig
+from offload_fsm.drivers.topology import PipelineTopology, dual_topology
+from offload_fsm.events.bus import EventBus, Recorder
+from offload_fsm.events.eventlog import EventLogWriter
+from offload_fsm.events.kinds import Event, Transition
+from offload_fsm.orchestrator.orchestrator import Orchestrator, OrchestratorConfig
 from offload_fsm.probe.attribution import resident_by_gpu
 from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend, ProbeRound
 from offload_fsm.probe.retry import RetryingProbe, RetryPolicy
 from offload_fsm.replay import replay_path
-from offload_fsm.topology import PipelineTopology, dual_topology
+from offload_fsm.settings import GatePolicy
+from offload_fsm.sim.engine import SimEngine
+from offload_fsm.sim.sim_model import FaultPlan
+from offload_fsm.timing.clock import VirtualClock
+from offload_fsm.timing.concurrency import all_or_first_error
+from offload_fsm.timing.idle import run as run_virtual
 
 E = TypeVar("E", bound=Event)
 RSS_LIMIT = 20 * 1024**2

@@ -9,9 +9,9 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from offload_fsm.adapters.base import EngineAdapter
-from offload_fsm.adapters.trainer import TrainerAdapter
-from offload_fsm.errors import ConfigError, EngineError
+from offload_fsm.core.errors import ConfigError, EngineError
+from offload_fsm.engines.base import EngineAdapter
+from offload_fsm.engines.trainer import TrainerAdapter
 
 
 class SyncTrainer:

@@ -10,16 +10,11 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from offload_fsm.adapters.base import EngineAdapter
-from offload_fsm.adapters.sglang import SGLangAdapter
-from offload_fsm.adapters.vllm import VLLMAdapter
-from offload_fsm.clock import VirtualClock
-from offload_fsm.errors import (
-    ConfigError,
-    EngineCallTimeout,
-    EngineError,
-    EngineUnreachable,
-)
+from offload_fsm.core.errors import ConfigError, EngineCallTimeout, EngineError, EngineUnreachable
+from offload_fsm.engines.base import EngineAdapter
+from offload_fsm.engines.sglang import SGLangAdapter
+from offload_fsm.engines.vllm import VLLMAdapter
+from offload_fsm.timing.clock import VirtualClock
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

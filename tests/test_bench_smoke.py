@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from offload_fsm.idle import run as run_virtual
+from offload_fsm.timing.idle import run as run_virtual
 from tests.bench import (
     bench_core,
     bench_overhead,

@@ -8,9 +8,9 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from offload_fsm.bus import EventBus, Recorder, SlowPolicy, Subscription
-from offload_fsm.clock import VirtualClock
-from offload_fsm.events import Event, PhaseChanged, Transition
+from offload_fsm.events.bus import EventBus, Recorder, SlowPolicy, Subscription
+from offload_fsm.events.kinds import Event, PhaseChanged, Transition
+from offload_fsm.timing.clock import VirtualClock
 
 
 def ev(seq: int, engine: str = "e0") -> Transition:

@@ -8,8 +8,8 @@ import time
 import anyio
 import pytest
 
-from offload_fsm.clock import RealClock, VirtualClock
-from offload_fsm.deadlines import RoundDeadlines, deadline
+from offload_fsm.timing.clock import RealClock, VirtualClock
+from offload_fsm.timing.deadlines import RoundDeadlines, deadline
 
 
 async def test_sleepers_wake_in_deadline_order_at_their_deadline() -> None:
@@ -247,7 +247,7 @@ async def test_round_deadlines_disarm_after_a_round_that_raised() -> None:
 
 
 def test_deadline_helpers_are_still_reachable_from_clock() -> None:
-    from offload_fsm import clock, deadlines
+    from offload_fsm.timing import clock, deadlines
 
     assert clock.deadline is deadlines.deadline  # type: ignore[attr-defined]
     assert clock.RoundDeadlines is deadlines.RoundDeadlines  # type: ignore[attr-defined]

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from offload_fsm import codec
-from offload_fsm.errors import EventDecodeError
-from offload_fsm.events import EVENT_TYPES, KINDS, SCHEMA_VERSION, Event, Transition
+from offload_fsm.core.errors import EventDecodeError
+from offload_fsm.events import codec
+from offload_fsm.events.kinds import EVENT_TYPES, KINDS, SCHEMA_VERSION, Event, Transition
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import pytest
 
 from offload_fsm.compat import gates as miles
-from offload_fsm.errors import (
+from offload_fsm.core.errors import (
     BackendUnavailable,
     ConfigError,
     DeviceIdError,
@@ -22,7 +22,7 @@ from offload_fsm.errors import (
     ProbeError,
 )
 from offload_fsm.probe.base import GIB, GpuDevice, ProbeRound
-from offload_fsm.probe.fake import FakeBackend, FakeGpus, Fault, make_devices
+from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, Fault, make_devices
 
 ME = os.getpid()  # the tree rooted here holds the "engine" memory
 COTENANT = 2**22 + 17  # above pid_max's default: never in this tree

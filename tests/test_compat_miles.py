@@ -19,7 +19,7 @@ from offload_fsm.compat.miles import (
     parse_compute_apps_used_gb,
     query_process_tree_gpu_used_gb,
 )
-from offload_fsm.errors import ConfigError
+from offload_fsm.core.errors import ConfigError
 from tests.fake_smi import FakeSmi
 
 AWARE = miles.GPU_AWARE_QUERY

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from offload_fsm.bus import EventBus, Recorder
 from offload_fsm.compat import rlix
 from offload_fsm.compat.rlix import (
     RLIX_BEHAVIOUR,
@@ -25,15 +24,11 @@ from offload_fsm.compat.rlix import (
     probe_max_used_gpu_mem_gb,
     wait_for_overlap_engines_offloaded,
 )
-from offload_fsm.errors import (
-    ConfigError,
-    DeviceIdError,
-    GateTimeout,
-    GateUnmeasurable,
-)
-from offload_fsm.events import Event, GateDecision, GateTimedOut
+from offload_fsm.core.errors import ConfigError, DeviceIdError, GateTimeout, GateUnmeasurable
+from offload_fsm.events.bus import EventBus, Recorder
+from offload_fsm.events.kinds import Event, GateDecision, GateTimedOut
 from offload_fsm.probe.base import GIB
-from offload_fsm.probe.fake import FakeBackend, FakeGpus, Fault, make_devices
+from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, Fault, make_devices
 from tests.fake_smi import FakeSmi
 
 VAR = "MILES_MAX_RESIDUAL_GPU_MEM_GB"

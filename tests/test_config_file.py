@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from offload_fsm.adapters.sim_model import Footprint
-from offload_fsm.adapters.sim_proc import ledger_dir_source
-from offload_fsm.adapters.sim_server import SimServerProcess
-from offload_fsm.config_file import load_hook, load_run_config
+from offload_fsm.core.errors import ConfigError, EngineError
+from offload_fsm.drivers.config_file import load_hook, load_run_config
 from offload_fsm.drivers.config_world import build_config_world
 from offload_fsm.drivers.runner import RunOptions, run_configured
-from offload_fsm.errors import ConfigError, EngineError
 from offload_fsm.probe.base import GIB
-from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
 from offload_fsm.replay import replay_path
+from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
+from offload_fsm.sim.sim_model import Footprint
+from offload_fsm.sim.sim_proc import ledger_dir_source
+from offload_fsm.sim.sim_server import SimServerProcess
 from tests import config_hooks
 from tests.conftest import ASYNCIO
 

@@ -12,8 +12,9 @@ from types import ModuleType
 
 import pytest
 
-from offload_fsm import docgen, events
-from offload_fsm.lifecycle import TABLE, State, mermaid
+from offload_fsm.commands import docgen
+from offload_fsm.core.lifecycle import TABLE, State, mermaid
+from offload_fsm.events import kinds as events
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 
+from offload_fsm.core.errors import ConfigError, EngineError
 from offload_fsm.drivers.runner import RunOptions, run_simulated
 from offload_fsm.drivers.sim_world import SimOptions
-from offload_fsm.errors import ConfigError, EngineError
-from offload_fsm.eventlog import load_events
-from offload_fsm.events import EngineRegistered, PhaseChanged, RunFinished, Transition
+from offload_fsm.drivers.topology import PipelineTopology, dual_topology
+from offload_fsm.events.eventlog import load_events
+from offload_fsm.events.kinds import EngineRegistered, PhaseChanged, RunFinished, Transition
 from offload_fsm.probe.base import GIB
-from offload_fsm.topology import PipelineTopology, dual_topology
 from tests.conftest import ASYNCIO
 
 pytestmark = pytest.mark.parametrize("anyio_backend", [ASYNCIO])  # virtual time, one loop

@@ -10,11 +10,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from offload_fsm import codec, eventlog
-from offload_fsm.bus import EventBus, Recorder
-from offload_fsm.clock import VirtualClock
-from offload_fsm.errors import ConfigError, EventDecodeError, EventLogError
-from offload_fsm.eventlog import (
+from offload_fsm.core.errors import ConfigError, EventDecodeError, EventLogError
+from offload_fsm.events import codec, eventlog
+from offload_fsm.events.bus import EventBus, Recorder
+from offload_fsm.events.eventlog import (
     EventLogWriter,
     ReadReport,
     load_events,
@@ -22,7 +21,8 @@ from offload_fsm.eventlog import (
     read_events,
     read_numbered_events,
 )
-from offload_fsm.events import Event, MemorySample, PhaseChanged, Transition
+from offload_fsm.events.kinds import Event, MemorySample, PhaseChanged, Transition
+from offload_fsm.timing.clock import VirtualClock
 
 
 def events(n: int) -> list[Event]:

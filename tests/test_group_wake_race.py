@@ -13,16 +13,16 @@ from typing import Any
 import anyio
 import pytest
 
-from offload_fsm.bus import EventBus, Recorder
-from offload_fsm.clock import VirtualClock
-from offload_fsm.config import GatePolicy
-from offload_fsm.errors import GateTimeout
-from offload_fsm.events import Event, GateDecision, Transition
-from offload_fsm.gpu_sharing import OCCUPYING
-from offload_fsm.lifecycle import State
-from offload_fsm.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig
+from offload_fsm.core.errors import GateTimeout
+from offload_fsm.core.lifecycle import State
+from offload_fsm.events.bus import EventBus, Recorder
+from offload_fsm.events.kinds import Event, GateDecision, Transition
+from offload_fsm.gates.gpu_sharing import OCCUPYING
+from offload_fsm.orchestrator.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig
 from offload_fsm.probe.base import GIB
-from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
+from offload_fsm.settings import GatePolicy
+from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
+from offload_fsm.timing.clock import VirtualClock
 from tests.ledger_engine import LedgerEngine
 
 

@@ -9,8 +9,8 @@ import time
 import anyio
 import anyio.lowlevel
 
-from offload_fsm.idle import BACKEND_OPTIONS, wait_all_tasks_blocked
-from offload_fsm.idle import run as run_virtual
+from offload_fsm.timing.idle import BACKEND_OPTIONS, wait_all_tasks_blocked
+from offload_fsm.timing.idle import run as run_virtual
 
 
 async def test_returns_after_a_busy_task_blocks() -> None:
@@ -72,7 +72,7 @@ async def test_a_cancelled_wait_leaves_the_next_one_working() -> None:
 
 
 def test_an_idle_aware_loop_tells_idleness_without_polling() -> None:
-    """On offload_fsm.idle's loop a wait ends as soon as the loop would wait for I/O, each
+    """On offload_fsm.timing.idle's loop a wait ends as soon as the loop would wait for I/O, each
     time; on any other asyncio loop the wait still ends only once the busy task blocked."""
 
     async def main() -> tuple[float, int]:

@@ -17,10 +17,10 @@ import pytest
 
 from offload_fsm.compat import gates
 from offload_fsm.compat import miles as compat_miles
-from offload_fsm.errors import ConfigError, GateTimeout
+from offload_fsm.core.errors import ConfigError, GateTimeout
 from offload_fsm.probe.base import GIB
-from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
 from offload_fsm.probe.processes import ProcessTable
+from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
 from tests.fake_smi import FakeSmi
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "integration.md"

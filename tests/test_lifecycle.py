@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from offload_fsm.errors import IllegalTransition
-from offload_fsm.lifecycle import (
+from offload_fsm.core.errors import IllegalTransition
+from offload_fsm.core.lifecycle import (
     TABLE,
     Evidence,
     Lifecycle,

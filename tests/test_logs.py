@@ -15,10 +15,10 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from offload_fsm import logs
-from offload_fsm.bus import EventBus
-from offload_fsm.errors import ConfigError
-from offload_fsm.events import (
+from offload_fsm.core.errors import ConfigError
+from offload_fsm.events import logs
+from offload_fsm.events.bus import EventBus
+from offload_fsm.events.kinds import (
     KINDS,
     AdapterCallFailed,
     AttributionReport,

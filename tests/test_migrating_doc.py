@@ -10,8 +10,8 @@ from pathlib import Path
 
 from offload_fsm.compat import rlix
 from offload_fsm.compat.rlix_gate import OverlapGateOptions
-from offload_fsm.events import KINDS, AttributionReport
-from offload_fsm.lifecycle import TABLE, State
+from offload_fsm.core.lifecycle import TABLE, State
+from offload_fsm.events.kinds import KINDS, AttributionReport
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "migrating.md"
 TEXT = DOC.read_text()
@@ -85,7 +85,9 @@ def test_every_event_it_names_is_a_kind_with_those_fields() -> None:
 
 
 def test_the_report_contexts_it_names_are_the_orchestrators() -> None:
-    source = (Path(__file__).resolve().parents[1] / "offload_fsm" / "orchestrator.py").read_text()
+    source = (
+        Path(__file__).resolve().parents[1] / "offload_fsm" / "orchestrator" / "orchestrator.py"
+    ).read_text()
     contexts = re.findall(r'`context: "(\w+)"`', TEXT)
     assert {"after_release", "wake_timeout"} <= set(contexts)
     for context in contexts:

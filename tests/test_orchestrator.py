@@ -8,10 +8,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from offload_fsm.bus import EventBus, Recorder
-from offload_fsm.clock import VirtualClock
-from offload_fsm.config import GatePolicy
-from offload_fsm.errors import (
+from offload_fsm.core.errors import (
     BackendUnavailable,
     EngineCallTimeout,
     EngineError,
@@ -19,7 +16,9 @@ from offload_fsm.errors import (
     GateUnmeasurable,
     IllegalTransition,
 )
-from offload_fsm.events import (
+from offload_fsm.core.lifecycle import State
+from offload_fsm.events.bus import EventBus, Recorder
+from offload_fsm.events.kinds import (
     AttributionReport,
     Event,
     GateDecision,
@@ -27,12 +26,13 @@ from offload_fsm.events import (
     GateTimedOut,
     Transition,
 )
-from offload_fsm.lifecycle import State
-from offload_fsm.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig
+from offload_fsm.orchestrator.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig
 from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend, ProbeRound
-from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
 from offload_fsm.probe.retry import RetryingProbe
 from offload_fsm.probe.shared import SharedRounds
+from offload_fsm.settings import GatePolicy
+from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
+from offload_fsm.timing.clock import VirtualClock
 from tests.ledger_engine import LedgerEngine
 
 THRESHOLD = 8 * GIB

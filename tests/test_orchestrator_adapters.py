@@ -12,20 +12,20 @@ import anyio
 import httpx
 import pytest
 
-from offload_fsm.adapters.sglang import SGLangAdapter
-from offload_fsm.adapters.sim import SimEngine
-from offload_fsm.adapters.sim_model import FaultPlan, Footprint
-from offload_fsm.adapters.sim_proc import ledger_dir_source
-from offload_fsm.adapters.sim_server import SimServerProcess
-from offload_fsm.bus import EventBus, Recorder
-from offload_fsm.clock import Clock, RealClock, VirtualClock
-from offload_fsm.config import GatePolicy
-from offload_fsm.errors import EngineUnreachable, GateTimeout
-from offload_fsm.events import AttributionReport, Event
-from offload_fsm.lifecycle import State
-from offload_fsm.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig
+from offload_fsm.core.errors import EngineUnreachable, GateTimeout
+from offload_fsm.core.lifecycle import State
+from offload_fsm.engines.sglang import SGLangAdapter
+from offload_fsm.events.bus import EventBus, Recorder
+from offload_fsm.events.kinds import AttributionReport, Event
+from offload_fsm.orchestrator.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig
 from offload_fsm.probe.base import GIB
-from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
+from offload_fsm.settings import GatePolicy
+from offload_fsm.sim.engine import SimEngine
+from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
+from offload_fsm.sim.sim_model import FaultPlan, Footprint
+from offload_fsm.sim.sim_proc import ledger_dir_source
+from offload_fsm.sim.sim_server import SimServerProcess
+from offload_fsm.timing.clock import Clock, RealClock, VirtualClock
 
 FP = Footprint.gib(weights=2, kv_cache=4, cuda_graph=0.5)
 DEVICES = make_devices(2)

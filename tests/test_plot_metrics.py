@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from offload_fsm.cli import main
-from offload_fsm.errors import MissingExtra
-from offload_fsm.events import GateDecision, Transition
+from offload_fsm.commands.cli import main
+from offload_fsm.core.errors import MissingExtra
+from offload_fsm.events.kinds import GateDecision, Transition
 from offload_fsm.replay import replay_path
 from tests.replay_fixtures import SimConfig, incident_log, simulate, write_events
 
@@ -66,7 +66,7 @@ def test_plot_without_matplotlib_names_the_extra(
 
 def test_metrics_from_a_replayed_run(tmp_path: Path) -> None:
     pytest.importorskip("prometheus_client")
-    from offload_fsm.metrics import EventMetrics
+    from offload_fsm.replay.metrics import EventMetrics
 
     events, _ = simulate(SimConfig(steps=4, seed=5, co_tenant_p=0.5, release_fail_p=0.3))
     log = write_events(tmp_path / "run.jsonl", events)
@@ -100,7 +100,7 @@ def test_metrics_without_prometheus_names_the_extra(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
-    from offload_fsm.metrics import EventMetrics
+    from offload_fsm.replay.metrics import EventMetrics
 
     with pytest.raises(MissingExtra, match=r"offload-fsm\[metrics\]"):
         EventMetrics()

@@ -16,11 +16,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from offload_fsm.adapters.trainer import TrainerAdapter  # noqa: E402
-from offload_fsm.bus import EventBus, Recorder  # noqa: E402
 from offload_fsm.compat import miles  # noqa: E402
-from offload_fsm.config import GatePolicy  # noqa: E402
-from offload_fsm.errors import (  # noqa: E402
+from offload_fsm.core.errors import (  # noqa: E402
     BackendUnavailable,
     ConfigError,
     DeviceIdError,
@@ -29,11 +26,12 @@ from offload_fsm.errors import (  # noqa: E402
     GateUnmeasurable,
     ProbeTimeout,
 )
-from offload_fsm.events import Event, GateDecision  # noqa: E402
-from offload_fsm.lifecycle import State  # noqa: E402
-from offload_fsm.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig  # noqa: E402
+from offload_fsm.core.lifecycle import State  # noqa: E402
+from offload_fsm.engines.trainer import TrainerAdapter  # noqa: E402
+from offload_fsm.events.bus import EventBus, Recorder  # noqa: E402
+from offload_fsm.events.kinds import Event, GateDecision  # noqa: E402
+from offload_fsm.orchestrator.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig  # noqa: E402
 from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend  # noqa: E402
-from offload_fsm.probe.fake import Fault  # noqa: E402
 from offload_fsm.probe.processes import detect_pid_namespace  # noqa: E402
 from offload_fsm.ray_support import (  # noqa: E402
     ACTOR_NAME_PREFIX,
@@ -43,6 +41,8 @@ from offload_fsm.ray_support import (  # noqa: E402
     RayProbe,
     cluster_nodes,
 )
+from offload_fsm.settings import GatePolicy  # noqa: E402
+from offload_fsm.sim.fake_gpus import Fault  # noqa: E402
 from tests import ray_node_fns as fns  # noqa: E402
 
 THRESHOLD = 8 * GIB

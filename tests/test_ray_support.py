@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from offload_fsm.errors import (
+from offload_fsm.core.errors import (
     BackendUnavailable,
     ConfigError,
     DeviceIdError,
@@ -16,7 +16,6 @@ from offload_fsm.errors import (
     TransientProbeError,
 )
 from offload_fsm.probe.base import GIB, ProbeBackend, ProbeRound
-from offload_fsm.probe.fake import FakeBackend, FakeGpus, Fault, make_devices
 from offload_fsm.ray_support import (
     FORWARDED_ENV,
     FakeNodeBackend,
@@ -31,6 +30,7 @@ from offload_fsm.ray_support import (
     retag_round,
     runtime_env,
 )
+from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, Fault, make_devices
 
 # --- forwarded_env / runtime_env -----------------------------------------------------------
 

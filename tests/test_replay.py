@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from offload_fsm import codec
-from offload_fsm.cli import main
-from offload_fsm.errors import EventDecodeError
-from offload_fsm.events import RunFinished, Transition
+from offload_fsm.commands.cli import main
+from offload_fsm.core.errors import EventDecodeError
+from offload_fsm.events import codec
+from offload_fsm.events.kinds import RunFinished, Transition
 from offload_fsm.replay import LEGAL, ReplayResult, Rule, replay_path
-from offload_fsm.summary import percentile, summarize
+from offload_fsm.replay.summary import percentile, summarize
 from tests.replay_fixtures import (
     GIB,
     GPUS,
@@ -40,7 +40,7 @@ def two_engines(**kw: object) -> LogBuilder:
 
 
 def test_legal_view_is_the_table() -> None:
-    from offload_fsm.lifecycle import TABLE
+    from offload_fsm.core.lifecycle import TABLE
 
     assert len(LEGAL) == len(TABLE)
     for (src, trig), dsts in TABLE.items():

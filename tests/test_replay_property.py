@@ -9,7 +9,7 @@ from tempfile import TemporaryDirectory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from offload_fsm.events import GateDecision, Transition
+from offload_fsm.events.kinds import GateDecision, Transition
 from offload_fsm.replay import Rule, replay_path
 from tests.replay_fixtures import SimConfig, simulate, write_events
 
@@ -55,7 +55,7 @@ def test_replay_reproduces_every_engines_state(cfg: SimConfig, cut: float) -> No
 
 
 def _initial(events: list[object]) -> dict[str, str]:
-    from offload_fsm.events import EngineRegistered
+    from offload_fsm.events.kinds import EngineRegistered
 
     return {
         e.engine_id: e.initial_state

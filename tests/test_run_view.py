@@ -7,7 +7,7 @@ import anyio.lowlevel
 import pytest
 
 from offload_fsm.drivers.view import RunView
-from offload_fsm.events import EngineRegistered, Event, PhaseChanged, Transition
+from offload_fsm.events.kinds import EngineRegistered, Event, PhaseChanged, Transition
 
 
 def registered(engine_id: str) -> EngineRegistered:
@@ -88,7 +88,7 @@ async def test_watching_nothing_is_refused() -> None:
 
 
 async def test_follow_applies_every_event_in_order_and_calls_on_event() -> None:
-    from offload_fsm.bus import EventBus
+    from offload_fsm.events.bus import EventBus
 
     bus = EventBus()
     sub = bus.subscribe("view", capacity=1000)
@@ -122,7 +122,7 @@ def test_a_subclass_of_an_event_kind_updates_the_view_as_that_kind() -> None:
 
 
 def test_a_view_subscription_leaves_out_only_what_no_view_nor_printer_reads() -> None:
-    from offload_fsm.events import (
+    from offload_fsm.events.kinds import (
         AdapterCallFailed,
         AdapterCallFinished,
         AdapterCallStarted,

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from offload_fsm.adapters.base import EngineAdapter
-from offload_fsm.adapters.sim import SimEngine
-from offload_fsm.adapters.sim_model import (
+from offload_fsm.core.errors import (
+    ConfigError,
+    DeviceIdError,
+    EngineCallTimeout,
+    EngineError,
+    EngineUnreachable,
+)
+from offload_fsm.engines.base import EngineAdapter
+from offload_fsm.probe.base import GIB
+from offload_fsm.sim.engine import SimEngine
+from offload_fsm.sim.fake_gpus import FakeGpus, make_devices
+from offload_fsm.sim.sim_model import (
     CONTEXT_BYTES,
     Fault,
     FaultKind,
@@ -14,17 +23,8 @@ from offload_fsm.adapters.sim_model import (
     FaultRule,
     Footprint,
 )
-from offload_fsm.clock import VirtualClock
-from offload_fsm.deadlines import deadline
-from offload_fsm.errors import (
-    ConfigError,
-    DeviceIdError,
-    EngineCallTimeout,
-    EngineError,
-    EngineUnreachable,
-)
-from offload_fsm.probe.base import GIB
-from offload_fsm.probe.fake import FakeGpus, make_devices
+from offload_fsm.timing.clock import VirtualClock
+from offload_fsm.timing.deadlines import deadline
 
 FP = Footprint.gib(weights=2, kv_cache=4, cuda_graph=0.5)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from offload_fsm.adapters.sim_model import Fault, FaultKind, Footprint, MemoryModel
 from offload_fsm.probe.base import GIB
+from offload_fsm.sim.sim_model import Fault, FaultKind, Footprint, MemoryModel
 
 FOOT = Footprint(weights=10 * GIB, kv_cache=20 * GIB, cuda_graph=2 * GIB, context=GIB // 2)
 FULL = FOOT.context + 32 * GIB

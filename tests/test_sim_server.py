@@ -16,19 +16,19 @@ import httpx
 import psutil
 import pytest
 
-from offload_fsm.adapters.sglang import SGLangAdapter
-from offload_fsm.adapters.sim_model import FaultPlan, Footprint
-from offload_fsm.adapters.sim_proc import ledger_dir_source, write_ledger
-from offload_fsm.adapters.sim_server import SimServerProcess
-from offload_fsm.adapters.vllm import VLLMAdapter
-from offload_fsm.errors import (
+from offload_fsm.core.errors import (
     ConfigError,
     EngineCallTimeout,
     EngineError,
     EngineUnreachable,
     TransientProbeError,
 )
-from offload_fsm.probe.fake import FakeGpus, make_devices
+from offload_fsm.engines.sglang import SGLangAdapter
+from offload_fsm.engines.vllm import VLLMAdapter
+from offload_fsm.sim.fake_gpus import FakeGpus, make_devices
+from offload_fsm.sim.sim_model import FaultPlan, Footprint
+from offload_fsm.sim.sim_proc import ledger_dir_source, write_ledger
+from offload_fsm.sim.sim_server import SimServerProcess
 
 FP = Footprint.gib(weights=2, kv_cache=4, cuda_graph=0.5)
 DEVICES = make_devices(2)
@@ -262,7 +262,7 @@ def test_ledger_source_rejects_bad_files_and_reused_pids(tmp_path: Path) -> None
 
 
 def test_server_cli_refuses_bad_input(tmp_path: Path) -> None:
-    from offload_fsm.adapters.sim_server import main
+    from offload_fsm.sim.sim_server import main
 
     base = ["--ledger-dir", str(tmp_path), "--gpu", "GPU-x"]
     assert main([*base, "--faults", '[{"call": "release", "kind": "nope"}]']) == 2

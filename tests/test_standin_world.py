@@ -6,10 +6,10 @@ import os
 
 import pytest
 
+from offload_fsm.core.lifecycle import State
 from offload_fsm.drivers.standin_world import build_standin_world, topologies_for
-from offload_fsm.lifecycle import State
-from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
 from offload_fsm.probe.processes import ProcessTable
+from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
 from tests.conftest import ASYNCIO
 
 

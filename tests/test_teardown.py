@@ -12,11 +12,11 @@ import anyio
 import pytest
 
 from offload_fsm.compat import miles
-from offload_fsm.errors import ConfigError, GateTimeout
+from offload_fsm.core.errors import ConfigError, GateTimeout
+from offload_fsm.orchestrator.teardown import _leaves_first, kill_tree_and_verify
 from offload_fsm.probe.base import GIB
-from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
 from offload_fsm.probe.processes import ProcessTable, ProcInfo
-from offload_fsm.teardown import _leaves_first, kill_tree_and_verify
+from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
 
 # root bash -> sleep, and bash -> sleep (a grandchild, as sglang::scheduler under its launcher)
 TREE = "sleep 60 & bash -c 'sleep 60 & wait' & wait"

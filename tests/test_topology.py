@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from offload_fsm.core.errors import ConfigError
 from offload_fsm.drivers.pipeline import shrink_gpus_for
-from offload_fsm.errors import ConfigError
-from offload_fsm.topology import DUAL_ENV, PipelineTopology, dual_topology, parse_gpu_list
+from offload_fsm.drivers.topology import DUAL_ENV, PipelineTopology, dual_topology, parse_gpu_list
 
 FULL = {
     "MILES_DUAL_P1_TRAIN": "0",

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from offload_fsm.cli import main
-from offload_fsm.events import GateDecision, MemorySample, Transition
-from offload_fsm.trace import ENGINES_PID, write_trace
+from offload_fsm.commands.cli import main
+from offload_fsm.events.kinds import GateDecision, MemorySample, Transition
+from offload_fsm.replay.trace import ENGINES_PID, write_trace
 from tests.replay_fixtures import SimConfig, incident_log, simulate, write_events
 
 PHASES = {"B", "E", "X", "C", "i", "I", "M"}

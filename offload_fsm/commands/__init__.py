@@ -1,4 +1,4 @@
-"""One module per ``offload-fsm`` subcommand (see :mod:`offload_fsm.cli`), and the argument
+"""One module per ``offload-fsm`` subcommand (see :mod:`offload_fsm.commands.cli`), and the argument
 definitions several of them share."""
 
 from __future__ import annotations

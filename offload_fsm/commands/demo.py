@@ -25,13 +25,13 @@ from typing import Any
 import anyio
 
 from offload_fsm.commands import add_command
-from offload_fsm.config import parse_positive_gib, parse_positive_int
 from offload_fsm.drivers.cli_options import add_run_arguments, run_options
 from offload_fsm.drivers.report import print_report
 from offload_fsm.drivers.runner import RunOutcome, run_simulated, run_standin
-from offload_fsm.idle import run as run_virtual
+from offload_fsm.drivers.topology import dual_topology
 from offload_fsm.probe.select import BACKEND_NAMES
-from offload_fsm.topology import dual_topology
+from offload_fsm.settings import parse_positive_gib, parse_positive_int
+from offload_fsm.timing.idle import run as run_virtual
 
 
 def register(sub: Any) -> None:
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     outcome: RunOutcome
     if args.engines == "sim":
         if args.backend not in (None, "fake"):
-            from offload_fsm.errors import ConfigError
+            from offload_fsm.core.errors import ConfigError
 
             raise ConfigError("--backend", args.backend, "fake with --engines sim")
         gpu_count = parse_positive_int("--gpus", args.gpus)
@@ -80,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _torch(args: argparse.Namespace) -> RunOutcome:
+    from offload_fsm.core.errors import ConfigError
     from offload_fsm.drivers.standin_world import topologies_for
-    from offload_fsm.errors import ConfigError
     from offload_fsm.probe.select import open_backend
 
     backend = args.backend or "auto"

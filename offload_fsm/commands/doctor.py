@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from offload_fsm.errors import ProbeError
+from offload_fsm.core.errors import ProbeError
 from offload_fsm.probe.base import GpuDevice
 from offload_fsm.probe.devices import cuda_visible_order
 from offload_fsm.probe.nvml import NvmlBackend

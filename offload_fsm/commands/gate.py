@@ -19,10 +19,22 @@ from typing import Any, TextIO
 
 import anyio
 
-from offload_fsm.clock import RealClock
 from offload_fsm.commands import add_command, add_engine_pid_argument
-from offload_fsm.conditions import WakeCondition, gib
-from offload_fsm.config import (
+from offload_fsm.core.errors import (
+    BackendUnavailable,
+    DeviceUnhealthy,
+    GateTimeout,
+    GateUnmeasurable,
+)
+from offload_fsm.gates.conditions import WakeCondition, gib
+from offload_fsm.gates.gate import GateContext, Verdict, run_gate
+from offload_fsm.probe.attribution import attribute
+from offload_fsm.probe.base import ProbeBackend, ProbeRound
+from offload_fsm.probe.devices import resolve_devices
+from offload_fsm.probe.processes import ProcessTable, detect_pid_namespace
+from offload_fsm.probe.retry import RetryingProbe
+from offload_fsm.probe.select import BACKEND_NAMES, open_backend
+from offload_fsm.settings import (
     DEFAULT_THRESHOLD_GIB,
     THRESHOLD_ENV,
     GatePolicy,
@@ -33,14 +45,7 @@ from offload_fsm.config import (
     parse_positive_seconds,
     threshold_from_env,
 )
-from offload_fsm.errors import BackendUnavailable, DeviceUnhealthy, GateTimeout, GateUnmeasurable
-from offload_fsm.gate import GateContext, Verdict, run_gate
-from offload_fsm.probe.attribution import attribute
-from offload_fsm.probe.base import ProbeBackend, ProbeRound
-from offload_fsm.probe.devices import resolve_devices
-from offload_fsm.probe.processes import ProcessTable, detect_pid_namespace
-from offload_fsm.probe.retry import RetryingProbe
-from offload_fsm.probe.select import BACKEND_NAMES, open_backend
+from offload_fsm.timing.clock import RealClock
 
 EXIT_OPEN, EXIT_TIMEOUT, EXIT_UNMEASURABLE = 0, 3, 4
 

@@ -7,8 +7,8 @@ import sys
 from typing import Any
 
 from offload_fsm.commands import add_log_argument
-from offload_fsm.errors import EventDecodeError
-from offload_fsm.redact import redact
+from offload_fsm.core.errors import EventDecodeError
+from offload_fsm.core.redact import redact
 
 
 def register(sub: Any) -> None:
@@ -22,7 +22,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from offload_fsm.plot import plot_log  # MissingExtra (exit 2) names the extra
+    from offload_fsm.replay.plot import plot_log  # MissingExtra (exit 2) names the extra
 
     try:
         result = plot_log(args.log, args.output, until=args.until)

@@ -19,14 +19,14 @@ from typing import Any
 import anyio
 
 from offload_fsm.commands import add_command, add_engine_pid_argument
-from offload_fsm.errors import ConfigError
+from offload_fsm.core.errors import ConfigError
 from offload_fsm.probe.attribution import attribute
 from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend
 from offload_fsm.probe.devices import resolve_devices
-from offload_fsm.probe.fake import FakeGpus, make_devices
 from offload_fsm.probe.processes import ProcessTable, detect_pid_namespace
 from offload_fsm.probe.retry import RetryingProbe
 from offload_fsm.probe.select import BACKEND_NAMES, open_backend
+from offload_fsm.sim.fake_gpus import FakeGpus, make_devices
 
 FAKE_COTENANT_PID = 3_999_999
 

@@ -12,10 +12,10 @@ import sys
 from typing import Any
 
 from offload_fsm.commands import add_command, add_log_argument
-from offload_fsm.errors import ConfigError, OffloadFsmError
-from offload_fsm.redact import redact
+from offload_fsm.core.errors import ConfigError, OffloadFsmError
+from offload_fsm.core.redact import redact
 from offload_fsm.replay import ReplayResult, replay_path
-from offload_fsm.summary import render, render_states, summarize, to_json
+from offload_fsm.replay.summary import render, render_states, summarize, to_json
 
 EXIT_CLEAN, EXIT_VIOLATIONS, EXIT_UNREADABLE = 0, 1, 2
 DESCRIPTION = """\
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     observers: list[Any] = []
     metrics = None
     if args.metrics_out:
-        from offload_fsm.metrics import EventMetrics
+        from offload_fsm.replay.metrics import EventMetrics
 
         metrics = EventMetrics()
         observers.append(metrics)

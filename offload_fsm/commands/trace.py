@@ -7,9 +7,9 @@ import sys
 from typing import Any
 
 from offload_fsm.commands import add_log_argument
-from offload_fsm.errors import OffloadFsmError
-from offload_fsm.redact import redact
-from offload_fsm.trace import write_trace
+from offload_fsm.core.errors import OffloadFsmError
+from offload_fsm.core.redact import redact
+from offload_fsm.replay.trace import write_trace
 
 
 def register(sub: Any) -> None:

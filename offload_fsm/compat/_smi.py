@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 
-from offload_fsm.errors import ConfigError
+from offload_fsm.core.errors import ConfigError
 
 SMI = "nvidia-smi"
 CSV = "--format=csv,noheader,nounits"

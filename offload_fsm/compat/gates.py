@@ -13,7 +13,7 @@ each runs an event loop of its own, so never call one from inside a running loop
 UUIDs or PCI bus ids, as a sequence or a ``"0,1"`` string: never CUDA ordinals. With a
 backend that sees several nodes (:class:`~offload_fsm.ray_support.RayProbe`) an index is
 ambiguous: pass :class:`~offload_fsm.probe.base.GpuDevice` objects or ``node/uuid`` keys.
-An unknown or repeated id is a :class:`~offload_fsm.errors.DeviceIdError`, never a skipped
+An unknown or repeated id is a :class:`~offload_fsm.core.errors.DeviceIdError`, never a skipped
 gate.
 
 ``backend`` defaults to one shared backend per process (NVML, else nvidia-smi), opened on
@@ -25,17 +25,17 @@ Semantics:
   tree's summed usage per GPU (never the sum across GPUs). ``None`` when it cannot be
   measured: a GPU where no process of the tree is listed, usage the driver hides, a foreign
   PID namespace (container), a root that is gone, or a probe that failed or timed out.
-  A lost GPU (:class:`~offload_fsm.errors.DeviceUnhealthy`) and a bad id still raise.
+  A lost GPU (:class:`~offload_fsm.core.errors.DeviceUnhealthy`) and a bad id still raise.
 - :func:`max_used_gib` is what the wake gate compares: whole-GPU used memory (every process,
   co-tenants included), max over ``gpus``. It never answers 0 for "unknown": it raises a
-  :class:`~offload_fsm.errors.ProbeError`.
-- :func:`wait_for_residual` is the real wake gate (``offload_fsm.gate.run_gate`` with
+  :class:`~offload_fsm.core.errors.ProbeError`.
+- :func:`wait_for_residual` is the real wake gate (``offload_fsm.gates.gate.run_gate`` with
   ``WakeCondition``): max used <= threshold on every GPU for ``settle`` rounds in a row, or
-  :class:`~offload_fsm.errors.GateTimeout` (with the readings) at ``timeout_s``.
+  :class:`~offload_fsm.core.errors.GateTimeout` (with the readings) at ``timeout_s``.
 - :func:`wait_for_engine_release` gates on one engine's own residual after its release
   returned (the release gate, ``ReleaseCondition``): a release that returns early is waited
   for, one that leaves memory behind times out.
-- :func:`kill_tree_and_verify` is :func:`offload_fsm.teardown.kill_tree_and_verify`.
+- :func:`kill_tree_and_verify` is :func:`offload_fsm.orchestrator.teardown.kill_tree_and_verify`.
 """
 
 from __future__ import annotations
@@ -48,10 +48,23 @@ from typing import Any, ParamSpec, TypeVar
 
 import anyio
 
-from offload_fsm.bus import Recorder
-from offload_fsm.clock import RealClock
-from offload_fsm.conditions import ReleaseCondition, WakeCondition
-from offload_fsm.config import (
+from offload_fsm.core.errors import (
+    ConfigError,
+    DeviceIdError,
+    DeviceUnhealthy,
+    ProbeError,
+    ProbeTimeout,
+)
+from offload_fsm.events.bus import Recorder
+from offload_fsm.gates.conditions import ReleaseCondition, WakeCondition
+from offload_fsm.gates.gate import GateContext, run_gate
+from offload_fsm.orchestrator.teardown import TeardownResult
+from offload_fsm.orchestrator.teardown import kill_tree_and_verify as _kill_tree_and_verify
+from offload_fsm.probe.attribution import resident_max
+from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend, ProbeRound
+from offload_fsm.probe.devices import resolve_device, split_ids
+from offload_fsm.probe.processes import ProcessTable, detect_pid_namespace
+from offload_fsm.settings import (
     CUDA_CONTEXT_FLOOR_GIB,
     DEFAULT_RELEASE_MARGIN_GIB,
     GatePolicy,
@@ -59,21 +72,8 @@ from offload_fsm.config import (
     parse_positive_gib,
     threshold_from_env,
 )
-from offload_fsm.deadlines import deadline
-from offload_fsm.errors import (
-    ConfigError,
-    DeviceIdError,
-    DeviceUnhealthy,
-    ProbeError,
-    ProbeTimeout,
-)
-from offload_fsm.gate import GateContext, run_gate
-from offload_fsm.probe.attribution import resident_max
-from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend, ProbeRound
-from offload_fsm.probe.devices import resolve_device, split_ids
-from offload_fsm.probe.processes import ProcessTable, detect_pid_namespace
-from offload_fsm.teardown import TeardownResult
-from offload_fsm.teardown import kill_tree_and_verify as _kill_tree_and_verify
+from offload_fsm.timing.clock import RealClock
+from offload_fsm.timing.deadlines import deadline
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -278,8 +278,8 @@ async def wait_for_residual_async(
     ``MILES_MAX_RESIDUAL_GPU_MEM_GB``, else 8 GiB) on every GPU, ``settle`` rounds in a row.
     Returns the max used GiB of the round that opened the gate.
 
-    Raises :class:`~offload_fsm.errors.GateTimeout` at ``timeout_s`` (``readings`` per GPU)
-    and :class:`~offload_fsm.errors.GateUnmeasurable` when the probe keeps failing.
+    Raises :class:`~offload_fsm.core.errors.GateTimeout` at ``timeout_s`` (``readings`` per GPU)
+    and :class:`~offload_fsm.core.errors.GateUnmeasurable` when the probe keeps failing.
     """
     threshold = _threshold_bytes(threshold_gib)
     policy = GatePolicy(deadline_s=timeout_s, settle_samples=settle)
@@ -348,7 +348,8 @@ async def kill_tree_and_verify_async(
     engine_id: str | None = None,
 ) -> TeardownResult:
     """Kill ``root_pid``'s whole tree (SIGTERM, then SIGKILL), then wait until whole-GPU used
-    memory on ``gpus`` is back under ``threshold_gib`` (see :mod:`offload_fsm.teardown`)."""
+    memory on ``gpus`` is back under ``threshold_gib``
+    (see :mod:`offload_fsm.orchestrator.teardown`)."""
     threshold = _threshold_bytes(threshold_gib)
     backend = backend or await default_backend()
     devices = await _devices(gpus, backend)

@@ -30,7 +30,7 @@ Differences, each safer and each with its way back (docs/migrating.md lists them
   a detected foreign namespace answers None outright. ``pid_namespace="host"`` (keyword only)
   matches pids as upstream does.
 - A bad ``root_pid`` (not an int, or <= 0: pid 0's "tree" is the whole machine) or
-  ``timeout_s`` (not positive and finite) raises :class:`~offload_fsm.errors.ConfigError`
+  ``timeout_s`` (not positive and finite) raises :class:`~offload_fsm.core.errors.ConfigError`
   naming it instead of measuring the wrong thing or never returning.
 - Rows nvidia-smi never prints are skipped where upstream would count them: a bus id that is
   not a PCI address, a negative or non-finite figure, more columns than were asked for.
@@ -60,7 +60,7 @@ from offload_fsm.compat.gates import (
     wait_for_residual,
     wait_for_residual_async,
 )
-from offload_fsm.errors import ConfigError
+from offload_fsm.core.errors import ConfigError
 from offload_fsm.probe.base import GIB
 from offload_fsm.probe.processes import (
     FOREIGN,

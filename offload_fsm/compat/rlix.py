@@ -15,7 +15,7 @@ d18231d77dbbbd0a4a81e9e04dc029d48ecdc268).
 
 - :func:`parse_env_positive_float` raises :class:`EnvValueError` with RLix's messages; it is a
   ``RuntimeError`` (what RLix raises and its callers catch) and a
-  :class:`~offload_fsm.errors.ConfigError` naming the variable. One difference: ``nan`` and
+  :class:`~offload_fsm.core.errors.ConfigError` naming the variable. One difference: ``nan`` and
   ``inf`` are refused ("must be a finite number"); RLix returns them, and a NaN threshold makes
   every comparison false while an infinite one opens the gate onto anything.
 - :func:`probe_max_used_gpu_mem_gb` keeps RLix's contract: whole-GPU ``memory.used`` of exactly

@@ -11,7 +11,7 @@ import math
 import os
 from collections.abc import Sequence
 
-from offload_fsm.errors import ConfigError
+from offload_fsm.core.errors import ConfigError
 
 
 class EnvValueError(ConfigError, RuntimeError):

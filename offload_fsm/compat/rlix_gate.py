@@ -11,17 +11,17 @@ its two phases:
    GPUs ``offloaded`` or ``shell``. Advisory, as in RLix: a state timeout is a warning.
 2. The measured gate: whole-GPU used memory (every process) <= ``MILES_MAX_RESIDUAL_GPU_MEM_GB``
    (RLix's parser; unset: 7.0 GiB, RLix's current default) on every granted GPU, run by
-   :func:`offload_fsm.gate.run_gate` with a settle window, a deadline and a decision event per
+   :func:`offload_fsm.gates.gate.run_gate` with a settle window, a deadline and a decision event per
    round (``options.recorder``).
 
 Where RLix is lenient the default is safe, and each difference is a named option of
 :class:`OverlapGateOptions` (:data:`RLIX_BEHAVIOUR` sets all three as RLix has them):
 
 - ``settle_samples`` 3: RLix opens on the first round under the threshold (1).
-- ``on_unmeasurable`` "fail": raise :class:`~offload_fsm.errors.GateUnmeasurable` (or
-  :class:`~offload_fsm.errors.BackendUnavailable` when no probe exists). RLix sleeps 3 s and
+- ``on_unmeasurable`` "fail": raise :class:`~offload_fsm.core.errors.GateUnmeasurable` (or
+  :class:`~offload_fsm.core.errors.BackendUnavailable` when no probe exists). RLix sleeps 3 s and
   goes on ("grace", logged as a warning here).
-- ``on_timeout`` "fail": raise :class:`~offload_fsm.errors.GateTimeout` with the per-GPU
+- ``on_timeout`` "fail": raise :class:`~offload_fsm.core.errors.GateTimeout` with the per-GPU
   readings. RLix at f73bfaf logs a warning and wakes anyway ("warn"); PR #17 raises too.
 
 Not optional: phase 2 always runs. RLix skips it when there is no rollout manager yet or when
@@ -42,12 +42,14 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
-from offload_fsm.bus import Recorder
-from offload_fsm.clock import RealClock
 from offload_fsm.compat.gates import _devices, _run, default_backend
 from offload_fsm.compat.rlix_env import parse_env_positive_float, physical_ids
-from offload_fsm.conditions import WakeCondition
-from offload_fsm.config import (
+from offload_fsm.core.errors import BackendUnavailable, ConfigError, GateTimeout, GateUnmeasurable
+from offload_fsm.events.bus import Recorder
+from offload_fsm.gates.conditions import WakeCondition
+from offload_fsm.gates.gate import GateContext, run_gate
+from offload_fsm.probe.base import GIB, ProbeBackend
+from offload_fsm.settings import (
     THRESHOLD_ENV,
     GatePolicy,
     check_threshold_fits,
@@ -55,9 +57,7 @@ from offload_fsm.config import (
     parse_positive_int,
     parse_positive_seconds,
 )
-from offload_fsm.errors import BackendUnavailable, ConfigError, GateTimeout, GateUnmeasurable
-from offload_fsm.gate import GateContext, run_gate
-from offload_fsm.probe.base import GIB, ProbeBackend
+from offload_fsm.timing.clock import RealClock
 
 logger = logging.getLogger(__name__)
 

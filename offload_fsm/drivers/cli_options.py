@@ -8,7 +8,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from offload_fsm.config import (
+from offload_fsm.core.errors import ConfigError
+from offload_fsm.drivers.runner import RunOptions
+from offload_fsm.drivers.sim_world import SimOptions
+from offload_fsm.drivers.topology import PipelineTopology
+from offload_fsm.settings import (
     DEFAULT_THRESHOLD_GIB,
     THRESHOLD_ENV,
     gib_to_bytes,
@@ -17,10 +21,6 @@ from offload_fsm.config import (
     parse_positive_seconds,
     threshold_from_env,
 )
-from offload_fsm.drivers.runner import RunOptions
-from offload_fsm.drivers.sim_world import SimOptions
-from offload_fsm.errors import ConfigError
-from offload_fsm.topology import PipelineTopology
 
 
 def add_run_arguments(p: argparse.ArgumentParser, *, steps: int = 5) -> None:

@@ -1,4 +1,4 @@
-"""A world of real engines from a run configuration file (:mod:`offload_fsm.config_file`):
+"""A world of real engines from a run configuration file (:mod:`offload_fsm.drivers.config_file`):
 SGLang / vLLM servers by URL and root pid, trainers by their offload / onload callables."""
 
 from __future__ import annotations
@@ -7,17 +7,17 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from offload_fsm.adapters.base import EngineAdapter
-from offload_fsm.adapters.sglang import SGLangAdapter
-from offload_fsm.adapters.trainer import TrainerAdapter
-from offload_fsm.adapters.vllm import VLLMAdapter
-from offload_fsm.config_file import EngineConfig, RunConfig, load_hook
-from offload_fsm.errors import ConfigError
-from offload_fsm.lifecycle import State
-from offload_fsm.orchestrator import EngineSpec
+from offload_fsm.core.errors import ConfigError
+from offload_fsm.core.lifecycle import State
+from offload_fsm.drivers.config_file import EngineConfig, RunConfig, load_hook
+from offload_fsm.drivers.topology import PipelineTopology
+from offload_fsm.engines.base import EngineAdapter
+from offload_fsm.engines.sglang import SGLangAdapter
+from offload_fsm.engines.trainer import TrainerAdapter
+from offload_fsm.engines.vllm import VLLMAdapter
+from offload_fsm.orchestrator.orchestrator import EngineSpec
 from offload_fsm.probe.base import GpuDevice, ProbeBackend
 from offload_fsm.probe.devices import resolve_devices
-from offload_fsm.topology import PipelineTopology
 
 
 @dataclass

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 
 import anyio
 
-from offload_fsm.bus import Recorder
-from offload_fsm.clock import Clock
+from offload_fsm.core.errors import OffloadFsmError
+from offload_fsm.core.lifecycle import State
+from offload_fsm.drivers.topology import PipelineTopology
 from offload_fsm.drivers.view import RunView
-from offload_fsm.errors import OffloadFsmError
-from offload_fsm.events import PhaseChanged
-from offload_fsm.lifecycle import State
-from offload_fsm.orchestrator import Orchestrator
-from offload_fsm.topology import PipelineTopology
+from offload_fsm.events.bus import Recorder
+from offload_fsm.events.kinds import PhaseChanged
+from offload_fsm.orchestrator.orchestrator import Orchestrator
+from offload_fsm.timing.clock import Clock
 
 
 @dataclass

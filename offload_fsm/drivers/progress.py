@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from offload_fsm.drivers.view import RunView
-from offload_fsm.events import (
+from offload_fsm.events.kinds import (
     AdapterCallFailed,
     Event,
     GateDecision,

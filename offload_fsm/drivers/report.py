@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TextIO
 
+from offload_fsm.core.errors import OffloadFsmError
+from offload_fsm.core.redact import redact
 from offload_fsm.drivers.runner import RunOutcome
 from offload_fsm.drivers.stop_signals import exit_code, signal_name
-from offload_fsm.errors import OffloadFsmError
-from offload_fsm.redact import redact
 
 
 def print_report(outcome: RunOutcome, out: TextIO, *, plot: bool = True) -> int:
@@ -16,7 +16,7 @@ def print_report(outcome: RunOutcome, out: TextIO, *, plot: bool = True) -> int:
     succeeded and its log replays clean, 128 + the signal's number when a stop signal
     cancelled it (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP), 1 otherwise."""
     from offload_fsm.replay import replay_path
-    from offload_fsm.summary import render, summarize
+    from offload_fsm.replay.summary import render, summarize
 
     result = replay_path(outcome.log_path)
     out.write("\n" + render(summarize(result)) + "\n")
@@ -28,7 +28,7 @@ def print_report(outcome: RunOutcome, out: TextIO, *, plot: bool = True) -> int:
     if plot:
         png = outcome.log_path.with_suffix(".png")
         try:
-            from offload_fsm.plot import plot_log
+            from offload_fsm.replay.plot import plot_log
 
             plot_log(outcome.log_path, png)
             out.write(f"timeline:  {png}\n")

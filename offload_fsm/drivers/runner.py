@@ -22,21 +22,21 @@ from typing import Protocol, TextIO
 
 import anyio
 
-from offload_fsm.bus import EventBus, Recorder
-from offload_fsm.clock import Clock, RealClock, VirtualClock
-from offload_fsm.concurrency import all_or_first_error
-from offload_fsm.config import GatePolicy
-from offload_fsm.config_file import RunConfig
+from offload_fsm.core.errors import OffloadFsmError
+from offload_fsm.drivers.config_file import RunConfig
 from offload_fsm.drivers.pipeline import Pipeline, shrink_gpus_for
 from offload_fsm.drivers.progress import ProgressPrinter
 from offload_fsm.drivers.sim_world import SimOptions, build_sim_world
 from offload_fsm.drivers.stop_signals import StopSignals
+from offload_fsm.drivers.topology import PipelineTopology
 from offload_fsm.drivers.view import RunView
-from offload_fsm.errors import OffloadFsmError
-from offload_fsm.eventlog import EventLogWriter
-from offload_fsm.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig
+from offload_fsm.events.bus import EventBus, Recorder
+from offload_fsm.events.eventlog import EventLogWriter
+from offload_fsm.orchestrator.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig
 from offload_fsm.probe.base import ProbeBackend
-from offload_fsm.topology import PipelineTopology
+from offload_fsm.settings import GatePolicy
+from offload_fsm.timing.clock import Clock, RealClock, VirtualClock
+from offload_fsm.timing.concurrency import all_or_first_error
 
 
 @dataclass

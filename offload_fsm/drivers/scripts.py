@@ -10,15 +10,15 @@ from functools import partial
 
 import anyio
 
-from offload_fsm.config import parse_positive_int
-from offload_fsm.config_file import load_run_config
+from offload_fsm.core.errors import OffloadFsmError
+from offload_fsm.core.redact import redact
 from offload_fsm.drivers.cli_options import add_run_arguments, run_options
+from offload_fsm.drivers.config_file import load_run_config
 from offload_fsm.drivers.report import print_report
 from offload_fsm.drivers.runner import run_configured, run_simulated
-from offload_fsm.errors import OffloadFsmError
-from offload_fsm.idle import run as run_virtual
-from offload_fsm.redact import redact
-from offload_fsm.topology import PipelineTopology, dual_topology, parse_gpu_list
+from offload_fsm.drivers.topology import PipelineTopology, dual_topology, parse_gpu_list
+from offload_fsm.settings import parse_positive_int
+from offload_fsm.timing.idle import run as run_virtual
 
 
 def dual_main(argv: Sequence[str] | None = None) -> int:

@@ -12,15 +12,15 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from offload_fsm.adapters.sim import SimEngine
-from offload_fsm.adapters.sim_model import FaultPlan, Footprint
-from offload_fsm.clock import Clock
-from offload_fsm.errors import ConfigError
-from offload_fsm.lifecycle import State
-from offload_fsm.orchestrator import EngineSpec
+from offload_fsm.core.errors import ConfigError
+from offload_fsm.core.lifecycle import State
+from offload_fsm.drivers.topology import PipelineTopology
+from offload_fsm.orchestrator.orchestrator import EngineSpec
 from offload_fsm.probe.base import GIB
-from offload_fsm.probe.fake import FakeBackend, FakeDeviceSpec, FakeGpus, make_devices
-from offload_fsm.topology import PipelineTopology
+from offload_fsm.sim.engine import SimEngine
+from offload_fsm.sim.fake_gpus import FakeBackend, FakeDeviceSpec, FakeGpus, make_devices
+from offload_fsm.sim.sim_model import FaultPlan, Footprint
+from offload_fsm.timing.clock import Clock
 
 ENGINE_FOOTPRINT = Footprint.gib(weights=2.5, kv_cache=48.0, cuda_graph=1.5, context=0.6)
 TRAINER_FOOTPRINT = Footprint.gib(weights=36.0, kv_cache=0.0, context=2.4)

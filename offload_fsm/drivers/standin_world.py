@@ -13,13 +13,13 @@ from functools import partial
 
 import anyio
 
-from offload_fsm.adapters.standin import StandInEngine
-from offload_fsm.errors import ConfigError
-from offload_fsm.lifecycle import State
-from offload_fsm.orchestrator import EngineSpec
+from offload_fsm.core.errors import ConfigError
+from offload_fsm.core.lifecycle import State
+from offload_fsm.drivers.topology import PipelineTopology
+from offload_fsm.orchestrator.orchestrator import EngineSpec
 from offload_fsm.probe.base import GpuDevice, ProbeBackend
 from offload_fsm.probe.processes import detect_pid_namespace
-from offload_fsm.topology import PipelineTopology
+from offload_fsm.sim.standin import StandInEngine
 
 
 @dataclass
@@ -39,7 +39,7 @@ class StandInWorld:
 def topologies_for(devices: Sequence[GpuDevice]) -> tuple[PipelineTopology, ...]:
     """Dual on 4+ GPUs (the default overlapping topology); else one rlix-style pipeline
     whose trainer shares GPU 0 with an engine."""
-    from offload_fsm.topology import dual_topology
+    from offload_fsm.drivers.topology import dual_topology
 
     if len(devices) >= 4:
         return dual_topology(4, env={})

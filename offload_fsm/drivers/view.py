@@ -14,8 +14,8 @@ from typing import Any
 
 import anyio
 
-from offload_fsm.bus import Subscription
-from offload_fsm.events import (
+from offload_fsm.events.bus import Subscription
+from offload_fsm.events.kinds import (
     AdapterCallFinished,
     AdapterCallStarted,
     AttributionReport,

@@ -15,8 +15,8 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
-from offload_fsm.errors import ConfigError
-from offload_fsm.events import ProcessEntry
+from offload_fsm.core.errors import ConfigError
+from offload_fsm.events.kinds import ProcessEntry
 from offload_fsm.probe.base import GIB, MIB, DeviceMemory, GpuDevice, ProbeRound
 from offload_fsm.probe.processes import FOREIGN, PID_NAMESPACES, UNKNOWN, ProcessTable
 
@@ -132,7 +132,7 @@ class Attribution:
         return max(v for v in values if v is not None)
 
     def to_event_fields(self, engine_id: str | None = None) -> dict[str, Any]:
-        """Keyword arguments for :class:`offload_fsm.events.AttributionReport` (pass
+        """Keyword arguments for :class:`offload_fsm.events.kinds.AttributionReport` (pass
         ``gpus=attribution.gpu_keys`` alongside). ``engine_id`` picks whose resident bytes
         go in ``engine_resident_bytes``; left out, that is the only engine's, or unknown
         (None per GPU) when there are several."""

@@ -109,7 +109,7 @@ class ProbeRound:
 
 @runtime_checkable
 class ProbeBackend(Protocol):
-    """One source of GPU memory readings. Errors are :mod:`offload_fsm.errors` ProbeErrors."""
+    """One source of GPU memory readings. Errors are :mod:`offload_fsm.core.errors` ProbeErrors."""
 
     name: str
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from offload_fsm.errors import DeviceIdError
+from offload_fsm.core.errors import DeviceIdError
 from offload_fsm.probe.base import GpuDevice
 
 CUDA_DEVICE_ORDERS = ("FASTEST_FIRST", "PCI_BUS_ID")

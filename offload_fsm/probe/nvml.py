@@ -33,8 +33,7 @@ from typing import Any, TypeVar
 import anyio
 import pynvml
 
-from offload_fsm.clock import Clock, RealClock
-from offload_fsm.errors import (
+from offload_fsm.core.errors import (
     BackendUnavailable,
     DeviceIdError,
     DeviceUnhealthy,
@@ -42,6 +41,7 @@ from offload_fsm.errors import (
     TransientProbeError,
 )
 from offload_fsm.probe.base import DeviceMemory, GpuDevice, GpuProcess, ProbeRound
+from offload_fsm.timing.clock import Clock, RealClock
 
 T = TypeVar("T")
 

@@ -1,10 +1,10 @@
 """Retrying probe rounds: a pure backoff schedule and a wrapper that is itself a backend.
 
-Only :class:`~offload_fsm.errors.TransientProbeError` (NVML Timeout / Unknown / Insufficient
+Only :class:`~offload_fsm.core.errors.TransientProbeError` (NVML Timeout / Unknown / Insufficient
 Size, and a call that passed its deadline) is retried. A backend that is unavailable or a GPU
 that is lost fails at once. Each call runs under a deadline on the injected clock
-(:func:`offload_fsm.clock.deadline`): a hung driver call is abandoned and the attempt counts
-as a :class:`~offload_fsm.errors.ProbeTimeout`. Every retry and every give-up is an event
+(:func:`offload_fsm.timing.clock.deadline`): a hung driver call is abandoned and the attempt counts
+as a :class:`~offload_fsm.core.errors.ProbeTimeout`. Every retry and every give-up is an event
 (``probe_retry`` / ``probe_gave_up``) when a recorder is given.
 """
 
@@ -16,13 +16,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from offload_fsm.bus import Recorder
-from offload_fsm.clock import Clock, RealClock
-from offload_fsm.deadlines import deadline
-from offload_fsm.errors import ConfigError, ProbeError, ProbeTimeout, TransientProbeError
-from offload_fsm.events import ProbeGaveUp, ProbeRetry
+from offload_fsm.core.errors import ConfigError, ProbeError, ProbeTimeout, TransientProbeError
+from offload_fsm.core.redact import redact
+from offload_fsm.events.bus import Recorder
+from offload_fsm.events.kinds import ProbeGaveUp, ProbeRetry
 from offload_fsm.probe.base import GpuDevice, ProbeBackend, ProbeRound, rounds_are_cheap
-from offload_fsm.redact import redact
+from offload_fsm.timing.clock import Clock, RealClock
+from offload_fsm.timing.deadlines import deadline
 
 T = TypeVar("T")
 

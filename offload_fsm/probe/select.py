@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from offload_fsm.clock import Clock
-from offload_fsm.errors import BackendUnavailable, ConfigError
+from offload_fsm.core.errors import BackendUnavailable, ConfigError
 from offload_fsm.probe.base import ProbeBackend
-from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
 from offload_fsm.probe.nvml import NvmlBackend
 from offload_fsm.probe.smi import SmiBackend
+from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
+from offload_fsm.timing.clock import Clock
 
 BACKEND_NAMES = ("auto", "nvml", "smi", "fake")
 

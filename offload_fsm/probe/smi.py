@@ -26,8 +26,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from offload_fsm.clock import Clock, RealClock
-from offload_fsm.errors import (
+from offload_fsm.core.errors import (
     BackendUnavailable,
     ConfigError,
     DeviceUnhealthy,
@@ -44,6 +43,7 @@ from offload_fsm.probe.base import (
     UnplacedProcess,
 )
 from offload_fsm.probe.devices import canonical_bus_id, is_decimal
+from offload_fsm.timing.clock import Clock, RealClock
 
 GPU_FIELDS = (
     "index",

@@ -8,11 +8,11 @@ over those actors: GPUs carry their node (``GpuDevice.node``, key ``node/uuid``)
 ``probe()`` sends one request to every node involved *at once* and merges the answers into
 one :class:`~offload_fsm.probe.base.ProbeRound`.
 
-Failures map to :mod:`offload_fsm.errors` (fail closed, the node is named):
+Failures map to :mod:`offload_fsm.core.errors` (fail closed, the node is named):
 
 - a dead probe actor or node -> :class:`BackendUnavailable`: the node's GPUs cannot be measured
   and a retry will not bring the actor back, so a gate fails closed at once
-  (:class:`~offload_fsm.errors.GateUnmeasurable`). Not :class:`DeviceUnhealthy`: nothing says
+  (:class:`~offload_fsm.core.errors.GateUnmeasurable`). Not :class:`DeviceUnhealthy`: nothing says
   the GPUs themselves are bad, and that error would send the operator to the wrong place.
 - an actor Ray is restarting (``max_restarts`` > 0) -> :class:`TransientProbeError` (retried);
 - a node that does not answer within ``timeout_s`` -> :class:`ProbeTimeout` (retried by the

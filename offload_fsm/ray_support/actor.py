@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from offload_fsm.errors import DeviceIdError, ProbeError
+from offload_fsm.core.errors import DeviceIdError, ProbeError
 from offload_fsm.probe.base import GpuDevice, ProbeBackend
 from offload_fsm.ray_support.node_backends import BackendFactory
 from offload_fsm.ray_support.replies import Reply, _failure

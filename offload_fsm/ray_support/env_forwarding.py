@@ -6,8 +6,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from offload_fsm.config import parse_positive_gib
-from offload_fsm.errors import ConfigError
+from offload_fsm.core.errors import ConfigError
+from offload_fsm.settings import parse_positive_gib
 
 # Ray does not pass the driver's environment to actors; MILES drivers forward these.
 FORWARDED_ENV = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from offload_fsm.errors import BackendUnavailable
+from offload_fsm.core.errors import BackendUnavailable
 
 RAY_EXTRA = "offload-fsm[ray]"
 

@@ -7,9 +7,9 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 
-from offload_fsm.errors import ConfigError
+from offload_fsm.core.errors import ConfigError
 from offload_fsm.probe.base import ProbeBackend
-from offload_fsm.probe.fake import FakeBackend, FakeDeviceSpec, FakeGpus, make_devices
+from offload_fsm.sim.fake_gpus import FakeBackend, FakeDeviceSpec, FakeGpus, make_devices
 
 
 class BackendFactory(Protocol):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from offload_fsm.errors import BackendUnavailable, ConfigError
+from offload_fsm.core.errors import BackendUnavailable, ConfigError
 from offload_fsm.ray_support.lazy_ray import import_ray
 
 

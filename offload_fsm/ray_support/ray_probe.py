@@ -9,9 +9,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from offload_fsm.clock import Clock, RealClock
-from offload_fsm.config import parse_positive_seconds
-from offload_fsm.errors import (
+from offload_fsm.core.errors import (
     BackendUnavailable,
     ConfigError,
     DeviceIdError,
@@ -30,6 +28,8 @@ from offload_fsm.ray_support.replies import (
     combine_failures,
 )
 from offload_fsm.ray_support.rounds import merge_rounds
+from offload_fsm.settings import parse_positive_seconds
+from offload_fsm.timing.clock import Clock, RealClock
 
 ACTOR_NAME_PREFIX = "offload-fsm-probe"  # actors are named PREFIX:NODE:TOKEN
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from offload_fsm.errors import (
+from offload_fsm.core.errors import (
     BackendUnavailable,
     DeviceIdError,
     DeviceUnhealthy,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
-from offload_fsm.errors import ProbeError
+from offload_fsm.core.errors import ProbeError
 from offload_fsm.probe.base import DeviceMemory, GpuDevice, GpuProcess, ProbeRound
 
 

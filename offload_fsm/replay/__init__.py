@@ -32,7 +32,7 @@ from __future__ import annotations
 
 # ``X as X``: public names kept out of ``__all__`` (as before the split), still re-exported
 # for mypy's strict mode.
-from offload_fsm.eventlog import TruncatedLine
+from offload_fsm.events.eventlog import TruncatedLine
 from offload_fsm.replay.display import GIB as GIB
 from offload_fsm.replay.display import gib, short_gpu
 from offload_fsm.replay.replayer import MAX_LINE_BYTES as MAX_LINE_BYTES

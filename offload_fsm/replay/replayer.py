@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
-from offload_fsm.errors import EventDecodeError
-from offload_fsm.eventlog import ReadReport, read_numbered_events
-from offload_fsm.events import (
+from offload_fsm.core.errors import EventDecodeError
+from offload_fsm.core.lifecycle import State
+from offload_fsm.events.eventlog import ReadReport, read_numbered_events
+from offload_fsm.events.kinds import (
     AdapterCallFailed,
     EngineRegistered,
     Event,
@@ -26,7 +27,6 @@ from offload_fsm.events import (
     RunStarted,
     Transition,
 )
-from offload_fsm.lifecycle import State
 from offload_fsm.replay.rules import AWAKE, HOLDING, LEGAL, STATE_NAMES, Rule
 from offload_fsm.replay.state import MAX_VIOLATIONS
 from offload_fsm.replay.tracks import EngineTrack, Observer, ReplayResult

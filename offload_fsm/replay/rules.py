@@ -7,7 +7,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from offload_fsm.lifecycle import AWAKE_STATES, FINAL_STATES, TABLE, State
+from offload_fsm.core.lifecycle import AWAKE_STATES, FINAL_STATES, TABLE, State
 from offload_fsm.replay.display import short_gpu
 
 # String-keyed views of TABLE (log fields are strings): (src, trigger) -> destinations.

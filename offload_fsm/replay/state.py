@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
-from offload_fsm.errors import EventDecodeError
-from offload_fsm.eventlog import TruncatedLine
-from offload_fsm.events import Event, RunFinished, RunStarted, Transition
-from offload_fsm.lifecycle import State
+from offload_fsm.core.errors import EventDecodeError
+from offload_fsm.core.lifecycle import State
+from offload_fsm.events.eventlog import TruncatedLine
+from offload_fsm.events.kinds import Event, RunFinished, RunStarted, Transition
 from offload_fsm.replay.rules import FINAL, Rule, Violation
 from offload_fsm.replay.tracks import EngineTrack, GpuTrack, Observer, ReplayResult
 

@@ -8,8 +8,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from offload_fsm.eventlog import TruncatedLine
-from offload_fsm.events import Event, GateDecision, RunFinished, RunStarted, Transition
+from offload_fsm.events.eventlog import TruncatedLine
+from offload_fsm.events.kinds import Event, GateDecision, RunFinished, RunStarted, Transition
 from offload_fsm.replay.rules import Violation
 
 

@@ -6,8 +6,8 @@ reading it opened on as the GPU's residual.
 
 from __future__ import annotations
 
-from offload_fsm.events import Event, GateDecision, GateFailOpen
-from offload_fsm.lifecycle import State
+from offload_fsm.core.lifecycle import State
+from offload_fsm.events.kinds import Event, GateDecision, GateFailOpen
 from offload_fsm.replay.display import gib, short_gpu
 from offload_fsm.replay.rules import Rule
 from offload_fsm.replay.state import ReplayState

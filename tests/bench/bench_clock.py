@@ -16,9 +16,9 @@ from collections.abc import Awaitable, Callable
 import anyio
 import anyio.lowlevel
 
-from offload_fsm.clock import VirtualClock
-from offload_fsm.deadlines import RoundDeadlines, deadline
-from offload_fsm.idle import run as run_virtual
+from offload_fsm.timing.clock import VirtualClock
+from offload_fsm.timing.deadlines import RoundDeadlines, deadline
+from offload_fsm.timing.idle import run as run_virtual
 
 N = 20_000
 ROUNDS = 5

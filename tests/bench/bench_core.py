@@ -29,10 +29,11 @@ import anyio.lowlevel
 import msgspec
 import transitions
 
-from offload_fsm import codec
-from offload_fsm.bus import EventBus, Recorder, Subscription
-from offload_fsm.eventlog import EventLogWriter, read_events
-from offload_fsm.events import (
+from offload_fsm.core.lifecycle import TABLE, Lifecycle, State, Trigger, next_state
+from offload_fsm.events import codec
+from offload_fsm.events.bus import EventBus, Recorder, Subscription
+from offload_fsm.events.eventlog import EventLogWriter, read_events
+from offload_fsm.events.kinds import (
     AdapterCallFinished,
     AdapterCallStarted,
     AttributionReport,
@@ -42,7 +43,6 @@ from offload_fsm.events import (
     ProcessEntry,
     Transition,
 )
-from offload_fsm.lifecycle import TABLE, Lifecycle, State, Trigger, next_state
 
 try:
     import orjson

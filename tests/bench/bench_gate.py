@@ -14,17 +14,17 @@ from typing import Any
 
 import anyio
 
-from offload_fsm.bus import E, EventBus, Recorder
-from offload_fsm.clock import Clock, RealClock, VirtualClock
-from offload_fsm.conditions import WakeCondition
-from offload_fsm.config import GatePolicy
-from offload_fsm.events import Transition
-from offload_fsm.gate import run_gate
-from offload_fsm.idle import run as run_virtual
-from offload_fsm.lifecycle import State
-from offload_fsm.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig
+from offload_fsm.core.lifecycle import State
+from offload_fsm.events.bus import E, EventBus, Recorder
+from offload_fsm.events.kinds import Transition
+from offload_fsm.gates.conditions import WakeCondition
+from offload_fsm.gates.gate import run_gate
+from offload_fsm.orchestrator.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig
 from offload_fsm.probe.base import GIB
-from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
+from offload_fsm.settings import GatePolicy
+from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
+from offload_fsm.timing.clock import Clock, RealClock, VirtualClock
+from offload_fsm.timing.idle import run as run_virtual
 from tests.ledger_engine import LedgerEngine
 
 THRESHOLD = 8 * GIB

@@ -33,14 +33,14 @@ from typing import Any
 
 import anyio
 
-from offload_fsm.bus import EventBus, Recorder
-from offload_fsm.clock import RealClock, VirtualClock
-from offload_fsm.concurrency import all_or_first_error
-from offload_fsm.config import GatePolicy
-from offload_fsm.lifecycle import State
-from offload_fsm.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig
+from offload_fsm.core.lifecycle import State
+from offload_fsm.events.bus import EventBus, Recorder
+from offload_fsm.orchestrator.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig
 from offload_fsm.probe.base import GIB
-from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
+from offload_fsm.settings import GatePolicy
+from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
+from offload_fsm.timing.clock import RealClock, VirtualClock
+from offload_fsm.timing.concurrency import all_or_first_error
 from tests.ledger_engine import LedgerEngine
 
 # shared/gpu-facts.md, 32 GiB on an H200: torch_memory_saver pause()/empty_cache 13-21 ms,
@@ -51,9 +51,9 @@ PHYSICAL_MS = (RELEASE_MS[0] + RESUME_MS[0], RELEASE_MS[1] + RESUME_MS[1])
 
 
 def backend_options() -> dict[str, Any]:
-    """This tree's asyncio loop for virtual time, where it has one (offload_fsm.idle)."""
+    """This tree's asyncio loop for virtual time, where it has one (offload_fsm.timing.idle)."""
     try:
-        from offload_fsm.idle import BACKEND_OPTIONS
+        from offload_fsm.timing.idle import BACKEND_OPTIONS
     except ImportError:  # an older tree: its idle detection works on any loop
         return {}
     return dict(BACKEND_OPTIONS)

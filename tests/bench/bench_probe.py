@@ -32,9 +32,9 @@ import psutil
 
 from offload_fsm.probe.attribution import attribute
 from offload_fsm.probe.base import GIB, GpuDevice
-from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
 from offload_fsm.probe.processes import ProcessTable, detect_pid_namespace
 from offload_fsm.probe.retry import RetryingProbe
+from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
 from tests.probe.procfs import engine_tree_procs, make_proc
 
 DEVICE_COUNTS = (1, 4, 8)

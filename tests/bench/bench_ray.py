@@ -20,8 +20,8 @@ import anyio
 import ray
 
 from offload_fsm.probe.base import GpuDevice
-from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
 from offload_fsm.ray_support import FakeNodeBackend, ProbeNode, RayProbe
+from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
 
 
 async def median_ms(fn: Callable[[], Awaitable[object]], rounds: int) -> float:

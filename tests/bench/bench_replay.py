@@ -25,7 +25,7 @@ GOAL_S = 5.0
 
 
 def _child(mode: str, log: str) -> None:
-    from offload_fsm import codec
+    from offload_fsm.events import codec
     from offload_fsm.replay import replay_path
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

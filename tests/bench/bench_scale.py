@@ -37,18 +37,18 @@ from functools import partial
 
 import anyio
 
-from offload_fsm.bus import EventBus, Recorder
-from offload_fsm.clock import VirtualClock
-from offload_fsm.concurrency import all_or_first_error
 from offload_fsm.drivers.pipeline import Pipeline, shrink_gpus_for
 from offload_fsm.drivers.sim_world import SimOptions, build_sim_world
+from offload_fsm.drivers.topology import PipelineTopology
 from offload_fsm.drivers.view import RunView
-from offload_fsm.idle import BACKEND_OPTIONS
-from offload_fsm.orchestrator import Orchestrator, OrchestratorConfig
+from offload_fsm.events.bus import EventBus, Recorder
+from offload_fsm.orchestrator.orchestrator import Orchestrator, OrchestratorConfig
 from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend, ProbeRound, rounds_are_cheap
-from offload_fsm.probe.fake import FakeBackend
 from offload_fsm.ray_support.rounds import merge_rounds  # no Ray needed
-from offload_fsm.topology import PipelineTopology
+from offload_fsm.sim.fake_gpus import FakeBackend
+from offload_fsm.timing.clock import VirtualClock
+from offload_fsm.timing.concurrency import all_or_first_error
+from offload_fsm.timing.idle import BACKEND_OPTIONS
 
 
 class RoutedProbe:

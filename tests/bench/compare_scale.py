@@ -27,12 +27,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[2]  # this checkout's root
 
-# A tree whose virtual clock needs its own asyncio loop (offload_fsm.idle) names it there.
+# A tree whose virtual clock needs its own asyncio loop (offload_fsm.timing.idle) names it there.
 _CHILD = (
     "import sys, anyio\n"
     "from tests.bench.bench_scale import SHIPPED, cycle\n"
     "try:\n"
-    "    from offload_fsm.idle import BACKEND_OPTIONS as options\n"
+    "    from offload_fsm.timing.idle import BACKEND_OPTIONS as options\n"
     "except ImportError:\n"
     "    options = {}\n"
     "fig = anyio.run(cycle, int(sys.argv[1]), 2, 4, SHIPPED, 1, backend_options=options)\n"

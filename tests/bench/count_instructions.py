@@ -23,7 +23,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from offload_fsm.idle import run as run_virtual
+from offload_fsm.timing.idle import run as run_virtual
 from tests.bench.bench_scale import Variant, scale_run
 
 SHARE = {"auto": None, "on": True, "off": False}

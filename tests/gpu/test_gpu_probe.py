@@ -15,7 +15,6 @@ from collections.abc import Iterator
 import pynvml
 import pytest
 
-from offload_fsm.adapters.standin_proc import StandIn
 from offload_fsm.probe.attribution import attribute, resident_max
 from offload_fsm.probe.base import GIB, MIB, GpuDevice
 from offload_fsm.probe.devices import resolve_device
@@ -23,6 +22,7 @@ from offload_fsm.probe.nvml import NvmlBackend
 from offload_fsm.probe.processes import ProcessTable, detect_pid_namespace
 from offload_fsm.probe.retry import RetryingProbe
 from offload_fsm.probe.smi import SmiBackend
+from offload_fsm.sim.standin_proc import StandIn
 
 
 def _nvml_error() -> str | None:

@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from offload_fsm import codec
-from offload_fsm.errors import ConfigError
-from offload_fsm.events import AttributionReport
+from offload_fsm.core.errors import ConfigError
+from offload_fsm.events import codec
+from offload_fsm.events.kinds import AttributionReport
 from offload_fsm.probe.attribution import attribute, format_bytes, resident_by_gpu, resident_max
 from offload_fsm.probe.base import GIB, MIB, DeviceMemory, ProbeRound, UnplacedProcess
-from offload_fsm.probe.fake import FakeGpus, make_devices
 from offload_fsm.probe.processes import ProcessTable, detect_pid_namespace, parse_stat
+from offload_fsm.sim.fake_gpus import FakeGpus, make_devices
 from tests.probe.procfs import make_proc
 
 # init(1) -> launcher(100) -> scheduler(101, comm with spaces and parens) -> worker(102)

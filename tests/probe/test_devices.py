@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from offload_fsm.errors import DeviceIdError
+from offload_fsm.core.errors import DeviceIdError
 from offload_fsm.probe.base import GpuDevice
 from offload_fsm.probe.devices import (
     canonical_bus_id,

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from offload_fsm.clock import VirtualClock
-from offload_fsm.errors import (
+from offload_fsm.core.errors import (
     BackendUnavailable,
     DeviceIdError,
     DeviceUnhealthy,
@@ -13,7 +12,7 @@ from offload_fsm.errors import (
 )
 from offload_fsm.probe.attribution import attribute, resident_max
 from offload_fsm.probe.base import GIB, MIB, ProbeBackend
-from offload_fsm.probe.fake import (
+from offload_fsm.sim.fake_gpus import (
     FakeBackend,
     FakeDeviceSpec,
     FakeGpus,
@@ -21,6 +20,7 @@ from offload_fsm.probe.fake import (
     make_devices,
     make_mixed_devices,
 )
+from offload_fsm.timing.clock import VirtualClock
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import anyio
 import pynvml
 import pytest
 
-from offload_fsm.errors import (
+from offload_fsm.core.errors import (
     BackendUnavailable,
     DeviceIdError,
     DeviceUnhealthy,

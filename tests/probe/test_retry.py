@@ -8,19 +8,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from offload_fsm.bus import EventBus, Recorder
-from offload_fsm.clock import VirtualClock
-from offload_fsm.errors import (
+from offload_fsm.core.errors import (
     BackendUnavailable,
     ConfigError,
     DeviceUnhealthy,
     ProbeTimeout,
     TransientProbeError,
 )
-from offload_fsm.events import Event, ProbeGaveUp, ProbeRetry
+from offload_fsm.events.bus import EventBus, Recorder
+from offload_fsm.events.kinds import Event, ProbeGaveUp, ProbeRetry
 from offload_fsm.probe.base import GIB, ProbeBackend
-from offload_fsm.probe.fake import FakeBackend, FakeGpus, Fault, make_devices
 from offload_fsm.probe.retry import RetryingProbe, RetryPolicy, backoff_delay, backoff_schedule
+from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, Fault, make_devices
+from offload_fsm.timing.clock import VirtualClock
 
 
 def test_schedule_is_capped_exponential_without_jitter() -> None:

@@ -9,14 +9,14 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from offload_fsm import cli
+from offload_fsm.commands import cli
 from offload_fsm.commands.doctor import diagnose, render
 from offload_fsm.commands.probe import FAKE_COTENANT_PID, parse_engine_pids
-from offload_fsm.errors import BackendUnavailable, ConfigError
-from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
+from offload_fsm.core.errors import BackendUnavailable, ConfigError
 from offload_fsm.probe.nvml import NvmlBackend
 from offload_fsm.probe.select import open_backend
 from offload_fsm.probe.smi import SmiBackend
+from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
 from tests.probe.fake_nvml import FakeNvml, h200s
 from tests.probe.procfs import make_proc
 from tests.probe.test_smi import smi_dir  # noqa: F401 (fixture)

@@ -9,12 +9,12 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from offload_fsm.clock import VirtualClock
-from offload_fsm.deadlines import deadline
-from offload_fsm.errors import DeviceUnhealthy
+from offload_fsm.core.errors import DeviceUnhealthy
 from offload_fsm.probe.base import GIB, GpuDevice, ProbeRound, UnplacedProcess
-from offload_fsm.probe.fake import FakeBackend, FakeGpus, Fault, make_devices
 from offload_fsm.probe.shared import SharedRounds, _Batch
+from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, Fault, make_devices
+from offload_fsm.timing.clock import VirtualClock
+from offload_fsm.timing.deadlines import deadline
 
 pytestmark = pytest.mark.anyio
 

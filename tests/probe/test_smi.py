@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from offload_fsm.errors import (
+from offload_fsm.core.errors import (
     BackendUnavailable,
     ConfigError,
     DeviceUnhealthy,

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from offload_fsm.adapters.standin_proc import StandIn
 from offload_fsm.probe.processes import ProcessTable
+from offload_fsm.sim.standin_proc import StandIn
 
 
 def test_standin_tree_and_commands() -> None:

@@ -23,20 +23,20 @@ from typing import Any, TypeVar
 
 import anyio
 
-from offload_fsm import codec
-from offload_fsm.bus import EventBus, Recorder
-from offload_fsm.clock import Clock, VirtualClock
-from offload_fsm.concurrency import all_or_first_error
-from offload_fsm.config import GatePolicy
 from offload_fsm.drivers.pipeline import Pipeline, shrink_gpus_for
 from offload_fsm.drivers.sim_world import SimOptions, build_sim_world
+from offload_fsm.drivers.topology import dual_topology
 from offload_fsm.drivers.view import RunView
-from offload_fsm.eventlog import EventLogWriter
-from offload_fsm.events import Event, Transition
-from offload_fsm.idle import run as run_virtual
-from offload_fsm.orchestrator import Orchestrator, OrchestratorConfig
+from offload_fsm.events import codec
+from offload_fsm.events.bus import EventBus, Recorder
+from offload_fsm.events.eventlog import EventLogWriter
+from offload_fsm.events.kinds import Event, Transition
+from offload_fsm.orchestrator.orchestrator import Orchestrator, OrchestratorConfig
 from offload_fsm.probe.base import GIB
-from offload_fsm.topology import dual_topology
+from offload_fsm.settings import GatePolicy
+from offload_fsm.timing.clock import Clock, VirtualClock
+from offload_fsm.timing.concurrency import all_or_first_error
+from offload_fsm.timing.idle import run as run_virtual
 
 E = TypeVar("E", bound=Event)
 

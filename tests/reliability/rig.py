@@ -28,13 +28,10 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from offload_fsm.adapters.sim import SimEngine
-from offload_fsm.adapters.sim_model import FaultPlan, Footprint
-from offload_fsm.bus import EventBus, Recorder
-from offload_fsm.clock import Clock, VirtualClock, WakeToken
-from offload_fsm.config import GatePolicy
-from offload_fsm.eventlog import EventLogWriter, load_events
-from offload_fsm.events import (
+from offload_fsm.core.lifecycle import TABLE, State, Trigger
+from offload_fsm.events.bus import EventBus, Recorder
+from offload_fsm.events.eventlog import EventLogWriter, load_events
+from offload_fsm.events.kinds import (
     EngineRegistered,
     Event,
     GateDecision,
@@ -43,12 +40,15 @@ from offload_fsm.events import (
     RunStarted,
     Transition,
 )
-from offload_fsm.lifecycle import TABLE, State, Trigger
-from offload_fsm.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig
+from offload_fsm.orchestrator.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig
 from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend, ProbeRound
-from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
 from offload_fsm.probe.retry import RetryingProbe, RetryPolicy
 from offload_fsm.replay import replay_path
+from offload_fsm.settings import GatePolicy
+from offload_fsm.sim.engine import SimEngine
+from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
+from offload_fsm.sim.sim_model import FaultPlan, Footprint
+from offload_fsm.timing.clock import Clock, VirtualClock, WakeToken
 
 E = TypeVar("E", bound=Event)
 

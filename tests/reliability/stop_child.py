@@ -12,11 +12,11 @@ import sys
 
 import anyio
 
-from offload_fsm.cli import build_parser
+from offload_fsm.commands.cli import build_parser
 from offload_fsm.drivers.cli_options import run_options
 from offload_fsm.drivers.report import print_report
 from offload_fsm.drivers.runner import run_simulated
-from offload_fsm.topology import dual_topology
+from offload_fsm.drivers.topology import dual_topology
 
 
 def main(argv: list[str]) -> int:

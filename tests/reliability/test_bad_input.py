@@ -19,33 +19,29 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from offload_fsm import cli, codec
-from offload_fsm.adapters.sglang import SGLangAdapter
-from offload_fsm.adapters.vllm import VLLMAdapter
-from offload_fsm.clock import RealClock
-from offload_fsm.config import (
-    THRESHOLD_ENV,
-    GatePolicy,
-    check_threshold_fits,
-    threshold_from_env,
-)
-from offload_fsm.config_file import load_run_config
-from offload_fsm.errors import (
+from offload_fsm.commands import cli
+from offload_fsm.core.errors import (
     ConfigError,
     DeviceIdError,
     EngineUnreachable,
     EventDecodeError,
     OffloadFsmError,
 )
-from offload_fsm.eventlog import EventLogWriter, ReadReport, read_events
-from offload_fsm.events import AdapterCallFailed, Event, RunFinished, RunStarted, Transition
-from offload_fsm.lifecycle import State
-from offload_fsm.orchestrator import EngineSpec, OrchestratorConfig
+from offload_fsm.core.lifecycle import State
+from offload_fsm.drivers.config_file import load_run_config
+from offload_fsm.drivers.topology import DUAL_ENV, dual_topology
+from offload_fsm.engines.sglang import SGLangAdapter
+from offload_fsm.engines.vllm import VLLMAdapter
+from offload_fsm.events import codec
+from offload_fsm.events.eventlog import EventLogWriter, ReadReport, read_events
+from offload_fsm.events.kinds import AdapterCallFailed, Event, RunFinished, RunStarted, Transition
+from offload_fsm.orchestrator.orchestrator import EngineSpec, OrchestratorConfig
 from offload_fsm.probe.base import GIB
 from offload_fsm.probe.devices import resolve_devices
-from offload_fsm.probe.fake import FakeDeviceSpec, FakeGpus, make_devices
 from offload_fsm.replay import replay_path
-from offload_fsm.topology import DUAL_ENV, dual_topology
+from offload_fsm.settings import THRESHOLD_ENV, GatePolicy, check_threshold_fits, threshold_from_env
+from offload_fsm.sim.fake_gpus import FakeDeviceSpec, FakeGpus, make_devices
+from offload_fsm.timing.clock import RealClock
 from tests.reliability.rig import check_log, open_rig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -314,7 +310,7 @@ def test_a_log_cut_mid_line_is_reported_not_fatal(
     assert code == 0 and "truncated" in out
 
 
-# --- config files (drivers/run_miles_*.py --config FILE: offload_fsm.config_file) ------------
+# --- config files (drivers/run_miles_*.py --config FILE: offload_fsm.drivers.config_file) ---
 
 ENGINE = """
 [[engine]]

@@ -18,9 +18,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from offload_fsm.adapters.sim_model import FaultPlan
-from offload_fsm.lifecycle import State
+from offload_fsm.core.lifecycle import State
 from offload_fsm.probe.base import GIB
+from offload_fsm.sim.sim_model import FaultPlan
 from tests.reliability.rig import AFTER_CANCEL, Checkpoints, Rig, check_log, open_rig
 
 CANCEL_REASONS = {

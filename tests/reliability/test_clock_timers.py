@@ -8,8 +8,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from offload_fsm.clock import VirtualClock
-from offload_fsm.deadlines import deadline
+from offload_fsm.timing.clock import VirtualClock
+from offload_fsm.timing.deadlines import deadline
 
 
 async def test_deadline_passes_after_the_last_sleeper_left() -> None:

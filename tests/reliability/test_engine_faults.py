@@ -16,24 +16,24 @@ from pathlib import Path
 
 import pytest
 
-from offload_fsm.adapters.sim_model import FaultPlan
-from offload_fsm.config import GatePolicy
-from offload_fsm.errors import (
+from offload_fsm.core.errors import (
     EngineCallTimeout,
     EngineError,
     EngineUnreachable,
     GateTimeout,
     IllegalTransition,
 )
-from offload_fsm.events import (
+from offload_fsm.core.lifecycle import Evidence, State
+from offload_fsm.events.kinds import (
     AdapterCallFailed,
     AttributionReport,
     GateDecision,
     GateTimedOut,
 )
-from offload_fsm.lifecycle import Evidence, State
-from offload_fsm.orchestrator import HISTORY_LEN
+from offload_fsm.orchestrator.orchestrator import HISTORY_LEN
 from offload_fsm.probe.base import GIB
+from offload_fsm.settings import GatePolicy
+from offload_fsm.sim.sim_model import FaultPlan
 from tests.reliability.rig import ENGINE_FP, LogCheck, Rig, check_log, open_rig
 
 LEFT_BEHIND = int(ENGINE_FP.total * 0.5)  # roughly what a partial release keeps

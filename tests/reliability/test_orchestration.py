@@ -16,13 +16,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from offload_fsm.adapters.sim_model import FaultPlan
-from offload_fsm.errors import ConfigError, GateTimeout, IllegalTransition
-from offload_fsm.eventlog import ReadReport, read_events
-from offload_fsm.events import Transition
-from offload_fsm.lifecycle import State, Trigger
+from offload_fsm.core.errors import ConfigError, GateTimeout, IllegalTransition
+from offload_fsm.core.lifecycle import State, Trigger
+from offload_fsm.drivers.topology import dual_topology
+from offload_fsm.events.eventlog import ReadReport, read_events
+from offload_fsm.events.kinds import Transition
 from offload_fsm.replay import replay_path
-from offload_fsm.topology import dual_topology
+from offload_fsm.sim.sim_model import FaultPlan
 from tests.reliability.rig import Checkpoints, Hit, Rig, check_log, open_rig
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -30,19 +30,16 @@ import psutil
 import pynvml
 import pytest
 
-from offload_fsm import cli
-from offload_fsm.adapters.sim import SimEngine
-from offload_fsm.adapters.sim_model import FaultPlan
-from offload_fsm.clock import RealClock
+from offload_fsm.commands import cli
 from offload_fsm.commands import gate as gate_command
-from offload_fsm.config import GatePolicy
-from offload_fsm.errors import (
+from offload_fsm.core.errors import (
     BackendUnavailable,
     DeviceUnhealthy,
     GateTimeout,
     GateUnmeasurable,
 )
-from offload_fsm.events import (
+from offload_fsm.core.lifecycle import State
+from offload_fsm.events.kinds import (
     AttributionReport,
     GateDecision,
     GateFailOpen,
@@ -51,13 +48,16 @@ from offload_fsm.events import (
     ProbeRetry,
     RunStarted,
 )
-from offload_fsm.lifecycle import State
-from offload_fsm.orchestrator import EngineSpec
+from offload_fsm.orchestrator.orchestrator import EngineSpec
 from offload_fsm.probe.base import GIB, MIB, GpuDevice, ProbeBackend
-from offload_fsm.probe.fake import FakeBackend, Fault
 from offload_fsm.probe.nvml import NvmlBackend
 from offload_fsm.probe.retry import RetryPolicy
 from offload_fsm.probe.select import open_backend
+from offload_fsm.settings import GatePolicy
+from offload_fsm.sim.engine import SimEngine
+from offload_fsm.sim.fake_gpus import FakeBackend, Fault
+from offload_fsm.sim.sim_model import FaultPlan
+from offload_fsm.timing.clock import RealClock
 from tests.probe.fake_nvml import FakeNvml, FakeNvmlGpu, h200s
 from tests.probe.procfs import make_proc
 from tests.reliability.rig import ENGINE_FP, Rig, check_log, open_rig

@@ -26,18 +26,18 @@ from pathlib import Path
 import pytest
 import structlog
 
-from offload_fsm import cli
-from offload_fsm.eventlog import EventLogWriter, read_events
-from offload_fsm.events import (
+from offload_fsm.commands import cli
+from offload_fsm.core.redact import MASK, redact, register_secret
+from offload_fsm.events.eventlog import EventLogWriter, read_events
+from offload_fsm.events.kinds import (
     AdapterCallFailed,
     EngineRegistered,
     RunFinished,
     RunStarted,
     Transition,
 )
-from offload_fsm.logs import configure_logging, get_logger, log_event, reset_logging
+from offload_fsm.events.logs import configure_logging, get_logger, log_event, reset_logging
 from offload_fsm.probe.base import GIB
-from offload_fsm.redact import MASK, redact, register_secret
 from offload_fsm.replay import replay_path
 from tests.reliability.test_probe_faults import SmiGpu
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from offload_fsm.eventlog import read_events
-from offload_fsm.events import RunFinished, Transition
+from offload_fsm.events.eventlog import read_events
+from offload_fsm.events.kinds import RunFinished, Transition
 from offload_fsm.replay import replay_path
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,5 +1,0 @@
-"""Engine adapters: one interface over SGLang, vLLM, trainers and simulated engines."""
-
-from offload_fsm.adapters.base import EngineAdapter
-
-__all__ = ["EngineAdapter"]

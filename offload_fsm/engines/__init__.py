@@ -1,0 +1,5 @@
+"""Engine adapters: one interface over SGLang, vLLM, trainers and simulated engines."""
+
+from offload_fsm.engines.base import EngineAdapter
+
+__all__ = ["EngineAdapter"]

@@ -1,0 +1,1 @@
+"""Event records, their codec, the bus and recorder, the JSONL log."""

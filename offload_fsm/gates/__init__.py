@@ -1,0 +1,1 @@
+"""Everything that decides whether a transition may happen: the gates and conditions."""

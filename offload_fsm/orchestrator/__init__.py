@@ -1,0 +1,1 @@
+"""Async release and wake of registered engines over the gates."""

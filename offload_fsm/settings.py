@@ -1,0 +1,125 @@
+"""Settings and strict parsing of user input (environment variables, CLI flags).
+
+Every parser raises :class:`offload_fsm.core.errors.ConfigError` naming the input, the value and
+what is accepted; nothing silently falls back to a default once a value was given.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from offload_fsm.core.errors import ConfigError
+from offload_fsm.probe.base import GIB, GpuDevice
+
+THRESHOLD_ENV = "MILES_MAX_RESIDUAL_GPU_MEM_GB"
+
+# Default wake-gate threshold. Whole-GPU residual after a clean offload was measured at
+# ~5-7 GiB (Megatron ~3 + SGLang ~1.7 + CUDA contexts) on a 0.5B model; upstream runs used
+# 7-13 GiB. 8 GiB opens for a clean offload yet refuses a release that left a model behind.
+DEFAULT_THRESHOLD_GIB = 8.0
+# Per-engine resident limit after a release: the CUDA context floor (~0.6-0.75 GiB on an H200)
+# plus a margin for NCCL buffers, graph pools and allocator slack.
+CUDA_CONTEXT_FLOOR_GIB = 0.75
+DEFAULT_RELEASE_MARGIN_GIB = 2.25
+
+
+def parse_positive_gib(name: str, raw: str | float) -> float:
+    """A positive, finite number of GiB. ``name`` is what the user set (env var or flag)."""
+    accepted = "a positive, finite number of GiB (e.g. 8 or 7.5)"
+    if isinstance(raw, str):
+        text = raw.strip()
+        if not text:
+            raise ConfigError(name, raw, accepted)
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(name, raw, accepted) from None
+    else:
+        value = float(raw)
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(name, raw, accepted)
+    if value > 1 << 20:  # a 1 PiB GPU does not exist: almost surely bytes or MiB were meant
+        raise ConfigError(name, raw, f"{accepted}; {value:g} GiB is not a GPU size")
+    return value
+
+
+def gib_to_bytes(gib: float) -> int:
+    return round(gib * GIB)
+
+
+def threshold_from_env(env: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """(threshold bytes, where it came from). Unset -> the documented default."""
+    env = os.environ if env is None else env
+    if THRESHOLD_ENV in env:
+        return gib_to_bytes(parse_positive_gib(THRESHOLD_ENV, env[THRESHOLD_ENV])), THRESHOLD_ENV
+    return gib_to_bytes(DEFAULT_THRESHOLD_GIB), "default"
+
+
+def check_threshold_fits(
+    name: str, raw: object, threshold_bytes: int, devices: Iterable[GpuDevice]
+) -> None:
+    """Refuse a wake threshold at or above a GPU's total memory: used memory can never exceed
+    it there, so the gate would open onto anything (the gate silently turned off)."""
+    for dev in devices:
+        total = dev.total_bytes
+        if total is not None and threshold_bytes >= total:
+            raise ConfigError(
+                name,
+                raw,
+                f"a threshold below the {total / GIB:g} GiB of {dev.label()} ({dev.uuid}); "
+                "one the GPU cannot exceed turns the wake gate off",
+            )
+
+
+def parse_positive_int(name: str, raw: str | int, *, minimum: int = 1) -> int:
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(name, raw, f"an integer >= {minimum}") from None
+    if isinstance(raw, float) or value < minimum:
+        raise ConfigError(name, raw, f"an integer >= {minimum}")
+    return value
+
+
+def parse_positive_seconds(name: str, raw: str | float) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(name, raw, "a positive number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(name, raw, "a positive number of seconds")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class GatePolicy:
+    """How a probe gate polls and decides. Defaults are documented in docs/architecture.md."""
+
+    settle_samples: int = 3  # the condition must hold for this many rounds in a row
+    deadline_s: float = 60.0
+    poll_min_s: float = 0.001  # right after memory moved: react within a few ms
+    poll_max_s: float = 0.05  # cap while memory does not move; nudges reset to poll_min
+    settle_interval_s: float = 0.0005  # between the settle rounds once the condition holds
+    backoff: float = 1.5
+    probe_timeout_s: float = 2.0  # one probe round; a hung driver call is abandoned
+    fail_open: bool = False  # LOUD: open without a measurement when the probe fails
+    heartbeat_s: float = 1.0  # a progress decision event at least this often while waiting
+
+    def __post_init__(self) -> None:
+        parse_positive_int("settle_samples", self.settle_samples)
+        for name in (
+            "deadline_s",
+            "poll_min_s",
+            "poll_max_s",
+            "settle_interval_s",
+            "probe_timeout_s",
+            "heartbeat_s",
+        ):
+            parse_positive_seconds(name, getattr(self, name))
+        if self.poll_max_s < self.poll_min_s:
+            raise ConfigError("poll_max_s", self.poll_max_s, f">= poll_min_s ({self.poll_min_s})")
+        if not self.backoff >= 1.0:
+            raise ConfigError("backoff", self.backoff, "a factor >= 1")

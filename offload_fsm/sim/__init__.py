@@ -1,0 +1,1 @@
+"""Every simulator: fake GPUs, simulated and stand-in engines and servers."""

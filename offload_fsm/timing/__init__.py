@@ -1,0 +1,1 @@
+"""Injected time: real and virtual clocks, deadlines, structured-concurrency helpers."""
