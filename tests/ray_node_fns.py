@@ -10,7 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from offload_fsm.probe.base import ProbeBackend
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, Fault
+from offload_fsm.sim.fake_backend import FakeBackend, Fault
+from offload_fsm.sim.fake_gpus import FakeGpus
 
 NodeFn = Callable[[ProbeBackend], Any]
 

@@ -37,7 +37,7 @@ from offload_fsm.events.kinds import (
     RunStarted,
     Transition,
 )
-from offload_fsm.sim.fake_gpus import make_devices
+from offload_fsm.sim.fake_devices import make_devices
 
 GIB = 1024**3
 TOTAL = 80 * GIB

@@ -244,12 +244,3 @@ async def test_round_deadlines_disarm_after_a_round_that_raised() -> None:
         await clock.sleep(5.0)  # past the failed round's deadline
         assert await rounds.run(1.0, clock.sleep, 0.5) is None
     assert clock.now() == pytest.approx(5.5)
-
-
-def test_deadline_helpers_are_still_reachable_from_clock() -> None:
-    from offload_fsm.timing import clock, deadlines
-
-    assert clock.deadline is deadlines.deadline  # type: ignore[attr-defined]
-    assert clock.RoundDeadlines is deadlines.RoundDeadlines  # type: ignore[attr-defined]
-    with pytest.raises(AttributeError, match="no_such_thing"):
-        clock.no_such_thing  # type: ignore[attr-defined]  # noqa: B018

@@ -22,7 +22,9 @@ from offload_fsm.core.errors import (
     ProbeError,
 )
 from offload_fsm.probe.base import GIB, GpuDevice, ProbeRound
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, Fault, make_devices
+from offload_fsm.sim.fake_backend import FakeBackend, Fault
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 
 ME = os.getpid()  # the tree rooted here holds the "engine" memory
 COTENANT = 2**22 + 17  # above pid_max's default: never in this tree

@@ -28,7 +28,9 @@ from offload_fsm.core.errors import ConfigError, DeviceIdError, GateTimeout, Gat
 from offload_fsm.events.bus import EventBus, Recorder
 from offload_fsm.events.kinds import Event, GateDecision, GateTimedOut
 from offload_fsm.probe.base import GIB
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, Fault, make_devices
+from offload_fsm.sim.fake_backend import FakeBackend, Fault
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 from tests.fake_smi import FakeSmi
 
 VAR = "MILES_MAX_RESIDUAL_GPU_MEM_GB"

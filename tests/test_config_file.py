@@ -16,7 +16,9 @@ from offload_fsm.drivers.config_world import build_config_world
 from offload_fsm.drivers.runner import RunOptions, run_configured
 from offload_fsm.probe.base import GIB
 from offload_fsm.replay import replay_path
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
+from offload_fsm.sim.fake_backend import FakeBackend
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 from offload_fsm.sim.sim_model import Footprint
 from offload_fsm.sim.sim_proc import ledger_dir_source
 from offload_fsm.sim.sim_server import SimServerProcess

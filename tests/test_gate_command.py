@@ -9,7 +9,9 @@ from offload_fsm.commands.cli import build_parser, main
 from offload_fsm.commands.gate import EXIT_OPEN, EXIT_TIMEOUT, EXIT_UNMEASURABLE, gate_command
 from offload_fsm.core.errors import ConfigError, DeviceIdError
 from offload_fsm.probe.base import GIB
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, Fault, make_devices
+from offload_fsm.sim.fake_backend import FakeBackend, Fault
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 
 
 def _args(*argv: str) -> argparse.Namespace:

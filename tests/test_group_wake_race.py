@@ -21,7 +21,9 @@ from offload_fsm.gates.gpu_sharing import OCCUPYING
 from offload_fsm.orchestrator.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig
 from offload_fsm.probe.base import GIB
 from offload_fsm.settings import GatePolicy
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
+from offload_fsm.sim.fake_backend import FakeBackend
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 from offload_fsm.timing.clock import VirtualClock
 from tests.ledger_engine import LedgerEngine
 

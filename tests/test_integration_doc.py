@@ -20,7 +20,9 @@ from offload_fsm.compat import miles as compat_miles
 from offload_fsm.core.errors import ConfigError, GateTimeout
 from offload_fsm.probe.base import GIB
 from offload_fsm.probe.processes import ProcessTable
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
+from offload_fsm.sim.fake_backend import FakeBackend
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 from tests.fake_smi import FakeSmi
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "integration.md"

@@ -31,7 +31,9 @@ from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend, ProbeRound
 from offload_fsm.probe.retry import RetryingProbe
 from offload_fsm.probe.shared import SharedRounds
 from offload_fsm.settings import GatePolicy
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
+from offload_fsm.sim.fake_backend import FakeBackend
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 from offload_fsm.timing.clock import VirtualClock
 from tests.ledger_engine import LedgerEngine
 

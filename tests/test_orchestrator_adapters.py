@@ -21,7 +21,9 @@ from offload_fsm.orchestrator.orchestrator import EngineSpec, Orchestrator, Orch
 from offload_fsm.probe.base import GIB
 from offload_fsm.settings import GatePolicy
 from offload_fsm.sim.engine import SimEngine
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
+from offload_fsm.sim.fake_backend import FakeBackend
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 from offload_fsm.sim.sim_model import FaultPlan, Footprint
 from offload_fsm.sim.sim_proc import ledger_dir_source
 from offload_fsm.sim.sim_server import SimServerProcess

@@ -42,7 +42,7 @@ from offload_fsm.ray_support import (  # noqa: E402
     cluster_nodes,
 )
 from offload_fsm.settings import GatePolicy  # noqa: E402
-from offload_fsm.sim.fake_gpus import Fault  # noqa: E402
+from offload_fsm.sim.fake_backend import Fault  # noqa: E402
 from tests import ray_node_fns as fns  # noqa: E402
 
 THRESHOLD = 8 * GIB

@@ -30,7 +30,9 @@ from offload_fsm.ray_support import (
     retag_round,
     runtime_env,
 )
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, Fault, make_devices
+from offload_fsm.sim.fake_backend import FakeBackend, Fault
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 
 # --- forwarded_env / runtime_env -----------------------------------------------------------
 

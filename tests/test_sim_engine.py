@@ -14,7 +14,8 @@ from offload_fsm.core.errors import (
 from offload_fsm.engines.base import EngineAdapter
 from offload_fsm.probe.base import GIB
 from offload_fsm.sim.engine import SimEngine
-from offload_fsm.sim.fake_gpus import FakeGpus, make_devices
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 from offload_fsm.sim.sim_model import (
     CONTEXT_BYTES,
     Fault,

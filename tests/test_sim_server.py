@@ -25,7 +25,8 @@ from offload_fsm.core.errors import (
 )
 from offload_fsm.engines.sglang import SGLangAdapter
 from offload_fsm.engines.vllm import VLLMAdapter
-from offload_fsm.sim.fake_gpus import FakeGpus, make_devices
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 from offload_fsm.sim.sim_model import FaultPlan, Footprint
 from offload_fsm.sim.sim_proc import ledger_dir_source, write_ledger
 from offload_fsm.sim.sim_server import SimServerProcess

@@ -9,7 +9,9 @@ import pytest
 from offload_fsm.core.lifecycle import State
 from offload_fsm.drivers.standin_world import build_standin_world, topologies_for
 from offload_fsm.probe.processes import ProcessTable
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
+from offload_fsm.sim.fake_backend import FakeBackend
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 from tests.conftest import ASYNCIO
 
 

@@ -16,7 +16,9 @@ from offload_fsm.core.errors import ConfigError, GateTimeout
 from offload_fsm.orchestrator.teardown import _leaves_first, kill_tree_and_verify
 from offload_fsm.probe.base import GIB
 from offload_fsm.probe.processes import ProcessTable, ProcInfo
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
+from offload_fsm.sim.fake_backend import FakeBackend
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 
 # root bash -> sleep, and bash -> sleep (a grandchild, as sglang::scheduler under its launcher)
 TREE = "sleep 60 & bash -c 'sleep 60 & wait' & wait"

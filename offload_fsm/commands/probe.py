@@ -26,7 +26,8 @@ from offload_fsm.probe.devices import resolve_devices
 from offload_fsm.probe.processes import ProcessTable, detect_pid_namespace
 from offload_fsm.probe.retry import RetryingProbe
 from offload_fsm.probe.select import BACKEND_NAMES, open_backend
-from offload_fsm.sim.fake_gpus import FakeGpus, make_devices
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 
 FAKE_COTENANT_PID = 3_999_999
 

@@ -18,7 +18,9 @@ from offload_fsm.drivers.topology import PipelineTopology
 from offload_fsm.orchestrator.orchestrator import EngineSpec
 from offload_fsm.probe.base import GIB
 from offload_fsm.sim.engine import SimEngine
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeDeviceSpec, FakeGpus, make_devices
+from offload_fsm.sim.fake_backend import FakeBackend
+from offload_fsm.sim.fake_devices import FakeDeviceSpec, make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 from offload_fsm.sim.sim_model import FaultPlan, Footprint
 from offload_fsm.timing.clock import Clock
 

@@ -3,9 +3,9 @@
 Only :class:`~offload_fsm.core.errors.TransientProbeError` (NVML Timeout / Unknown / Insufficient
 Size, and a call that passed its deadline) is retried. A backend that is unavailable or a GPU
 that is lost fails at once. Each call runs under a deadline on the injected clock
-(:func:`offload_fsm.timing.clock.deadline`): a hung driver call is abandoned and the attempt counts
-as a :class:`~offload_fsm.core.errors.ProbeTimeout`. Every retry and every give-up is an event
-(``probe_retry`` / ``probe_gave_up``) when a recorder is given.
+(:func:`offload_fsm.timing.deadlines.deadline`): a hung driver call is abandoned and the attempt
+counts as a :class:`~offload_fsm.core.errors.ProbeTimeout`. Every retry and every give-up is an
+event (``probe_retry`` / ``probe_gave_up``) when a recorder is given.
 """
 
 from __future__ import annotations

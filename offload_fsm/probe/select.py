@@ -14,7 +14,9 @@ from offload_fsm.core.errors import BackendUnavailable, ConfigError
 from offload_fsm.probe.base import ProbeBackend
 from offload_fsm.probe.nvml import NvmlBackend
 from offload_fsm.probe.smi import SmiBackend
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
+from offload_fsm.sim.fake_backend import FakeBackend
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 from offload_fsm.timing.clock import Clock
 
 BACKEND_NAMES = ("auto", "nvml", "smi", "fake")

@@ -9,7 +9,9 @@ from typing import Protocol
 
 from offload_fsm.core.errors import ConfigError
 from offload_fsm.probe.base import ProbeBackend
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeDeviceSpec, FakeGpus, make_devices
+from offload_fsm.sim.fake_backend import FakeBackend
+from offload_fsm.sim.fake_devices import FakeDeviceSpec, make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 
 
 class BackendFactory(Protocol):

@@ -1,6 +1,5 @@
 """The fake probe backend: probe rounds read from a :class:`~offload_fsm.sim.fake_gpus.FakeGpus`
-ledger, with NVML-style errors and hangs injected at chosen polls (:class:`Fault`). Both names
-are importable from :mod:`offload_fsm.sim.fake_gpus` as well."""
+ledger, with NVML-style errors and hangs injected at chosen polls (:class:`Fault`)."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING
 from offload_fsm.core.errors import BackendUnavailable, DeviceUnhealthy, TransientProbeError
 from offload_fsm.probe.base import GpuDevice, ProbeRound
 
-if TYPE_CHECKING:  # the ledger module imports this one
+if TYPE_CHECKING:
     from offload_fsm.sim.fake_gpus import FakeGpus
 
 _TRANSIENT = ("Timeout", "Unknown Error", "Insufficient Size")

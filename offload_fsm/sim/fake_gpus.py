@@ -2,8 +2,8 @@
 
 :class:`FakeGpus` is the ledger (which pid holds how many bytes on which device, plus a
 driver reserve per device); simulated engines move memory in it and probes read it.
-:class:`FakeBackend` (in :mod:`offload_fsm.sim.fake_backend`, importable from here too)
-answers probe rounds from it.
+:class:`~offload_fsm.sim.fake_backend.FakeBackend` answers probe rounds from it; the
+simulated GPUs' identities come from :mod:`offload_fsm.sim.fake_devices`.
 
 Scripted behaviour, all on the ledger's (usually virtual) clock:
 
@@ -30,11 +30,7 @@ from dataclasses import dataclass
 
 from offload_fsm.core.errors import DeviceIdError
 from offload_fsm.probe.base import DeviceMemory, GpuDevice, GpuProcess, ProbeRound
-from offload_fsm.sim.fake_backend import FakeBackend as FakeBackend
-from offload_fsm.sim.fake_backend import Fault as Fault
-from offload_fsm.sim.fake_devices import FakeDeviceSpec as FakeDeviceSpec
-from offload_fsm.sim.fake_devices import make_devices as make_devices
-from offload_fsm.sim.fake_devices import make_mixed_devices as make_mixed_devices
+from offload_fsm.sim.fake_devices import FakeDeviceSpec, make_mixed_devices
 from offload_fsm.timing.clock import Clock, RealClock
 
 DeviceRef = int | str | GpuDevice

@@ -347,13 +347,3 @@ async def _all_tasks_blocked(me: _Sleeper) -> bool:
         finally:
             me.idle_scope = None
     return not scope.cancel_called
-
-
-def __getattr__(name: str) -> object:
-    # deadline() and RoundDeadlines live in offload_fsm.timing.deadlines (they need VirtualClock, so
-    # clock.py cannot import them); still reachable here for code written against clock.py.
-    if name in ("deadline", "RoundDeadlines"):
-        from offload_fsm.timing import deadlines
-
-        return getattr(deadlines, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

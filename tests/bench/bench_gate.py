@@ -22,7 +22,9 @@ from offload_fsm.gates.gate import run_gate
 from offload_fsm.orchestrator.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig
 from offload_fsm.probe.base import GIB
 from offload_fsm.settings import GatePolicy
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
+from offload_fsm.sim.fake_backend import FakeBackend
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 from offload_fsm.timing.clock import Clock, RealClock, VirtualClock
 from offload_fsm.timing.idle import run as run_virtual
 from tests.ledger_engine import LedgerEngine

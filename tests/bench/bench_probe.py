@@ -34,7 +34,9 @@ from offload_fsm.probe.attribution import attribute
 from offload_fsm.probe.base import GIB, GpuDevice
 from offload_fsm.probe.processes import ProcessTable, detect_pid_namespace
 from offload_fsm.probe.retry import RetryingProbe
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
+from offload_fsm.sim.fake_backend import FakeBackend
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 from tests.probe.procfs import engine_tree_procs, make_proc
 
 DEVICE_COUNTS = (1, 4, 8)

@@ -21,7 +21,9 @@ import ray
 
 from offload_fsm.probe.base import GpuDevice
 from offload_fsm.ray_support import FakeNodeBackend, ProbeNode, RayProbe
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
+from offload_fsm.sim.fake_backend import FakeBackend
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 
 
 async def median_ms(fn: Callable[[], Awaitable[object]], rounds: int) -> float:

@@ -45,7 +45,7 @@ from offload_fsm.events.bus import EventBus, Recorder
 from offload_fsm.orchestrator.orchestrator import Orchestrator, OrchestratorConfig
 from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend, ProbeRound, rounds_are_cheap
 from offload_fsm.ray_support.rounds import merge_rounds  # no Ray needed
-from offload_fsm.sim.fake_gpus import FakeBackend
+from offload_fsm.sim.fake_backend import FakeBackend
 from offload_fsm.timing.clock import VirtualClock
 from offload_fsm.timing.concurrency import all_or_first_error
 from offload_fsm.timing.idle import BACKEND_OPTIONS

@@ -25,7 +25,9 @@ import anyio
 from offload_fsm.probe.base import GpuDevice, ProbeBackend
 from offload_fsm.probe.nvml import NvmlBackend
 from offload_fsm.probe.shared import SharedRounds
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
+from offload_fsm.sim.fake_backend import FakeBackend
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 from offload_fsm.timing.idle import run as run_virtual
 from tests.bench.bench_probe import nvml_available
 from tests.probe.fake_nvml import GIB, FakeNvml, h200s

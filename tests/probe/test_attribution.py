@@ -15,7 +15,8 @@ from offload_fsm.events.kinds import AttributionReport
 from offload_fsm.probe.attribution import attribute, format_bytes, resident_by_gpu, resident_max
 from offload_fsm.probe.base import GIB, MIB, DeviceMemory, ProbeRound, UnplacedProcess
 from offload_fsm.probe.processes import ProcessTable, detect_pid_namespace, parse_stat
-from offload_fsm.sim.fake_gpus import FakeGpus, make_devices
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 from tests.probe.procfs import make_proc
 
 # init(1) -> launcher(100) -> scheduler(101, comm with spaces and parens) -> worker(102)

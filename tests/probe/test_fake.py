@@ -12,14 +12,9 @@ from offload_fsm.core.errors import (
 )
 from offload_fsm.probe.attribution import attribute, resident_max
 from offload_fsm.probe.base import GIB, MIB, ProbeBackend
-from offload_fsm.sim.fake_gpus import (
-    FakeBackend,
-    FakeDeviceSpec,
-    FakeGpus,
-    Fault,
-    make_devices,
-    make_mixed_devices,
-)
+from offload_fsm.sim.fake_backend import FakeBackend, Fault
+from offload_fsm.sim.fake_devices import FakeDeviceSpec, make_devices, make_mixed_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 from offload_fsm.timing.clock import VirtualClock
 
 

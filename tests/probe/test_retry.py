@@ -19,7 +19,9 @@ from offload_fsm.events.bus import EventBus, Recorder
 from offload_fsm.events.kinds import Event, ProbeGaveUp, ProbeRetry
 from offload_fsm.probe.base import GIB, ProbeBackend
 from offload_fsm.probe.retry import RetryingProbe, RetryPolicy, backoff_delay, backoff_schedule
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, Fault, make_devices
+from offload_fsm.sim.fake_backend import FakeBackend, Fault
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 from offload_fsm.timing.clock import VirtualClock
 
 

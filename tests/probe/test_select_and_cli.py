@@ -16,7 +16,9 @@ from offload_fsm.core.errors import BackendUnavailable, ConfigError
 from offload_fsm.probe.nvml import NvmlBackend
 from offload_fsm.probe.select import open_backend
 from offload_fsm.probe.smi import SmiBackend
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
+from offload_fsm.sim.fake_backend import FakeBackend
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 from tests.probe.fake_nvml import FakeNvml, h200s
 from tests.probe.procfs import make_proc
 from tests.probe.test_smi import smi_dir  # noqa: F401 (fixture)

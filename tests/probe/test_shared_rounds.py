@@ -12,7 +12,9 @@ import pytest
 from offload_fsm.core.errors import DeviceUnhealthy
 from offload_fsm.probe.base import GIB, GpuDevice, ProbeRound, UnplacedProcess
 from offload_fsm.probe.shared import SharedRounds, _Batch
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, Fault, make_devices
+from offload_fsm.sim.fake_backend import FakeBackend, Fault
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 from offload_fsm.timing.clock import VirtualClock
 from offload_fsm.timing.deadlines import deadline
 

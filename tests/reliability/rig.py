@@ -46,7 +46,9 @@ from offload_fsm.probe.retry import RetryingProbe, RetryPolicy
 from offload_fsm.replay import replay_path
 from offload_fsm.settings import GatePolicy
 from offload_fsm.sim.engine import SimEngine
-from offload_fsm.sim.fake_gpus import FakeBackend, FakeGpus, make_devices
+from offload_fsm.sim.fake_backend import FakeBackend
+from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 from offload_fsm.sim.sim_model import FaultPlan, Footprint
 from offload_fsm.timing.clock import Clock, VirtualClock, WakeToken
 

@@ -40,7 +40,8 @@ from offload_fsm.probe.base import GIB
 from offload_fsm.probe.devices import resolve_devices
 from offload_fsm.replay import replay_path
 from offload_fsm.settings import THRESHOLD_ENV, GatePolicy, check_threshold_fits, threshold_from_env
-from offload_fsm.sim.fake_gpus import FakeDeviceSpec, FakeGpus, make_devices
+from offload_fsm.sim.fake_devices import FakeDeviceSpec, make_devices
+from offload_fsm.sim.fake_gpus import FakeGpus
 from offload_fsm.timing.clock import RealClock
 from tests.reliability.rig import check_log, open_rig
 

@@ -55,7 +55,7 @@ from offload_fsm.probe.retry import RetryPolicy
 from offload_fsm.probe.select import open_backend
 from offload_fsm.settings import GatePolicy
 from offload_fsm.sim.engine import SimEngine
-from offload_fsm.sim.fake_gpus import FakeBackend, Fault
+from offload_fsm.sim.fake_backend import FakeBackend, Fault
 from offload_fsm.sim.sim_model import FaultPlan
 from offload_fsm.timing.clock import RealClock
 from tests.probe.fake_nvml import FakeNvml, FakeNvmlGpu, h200s
