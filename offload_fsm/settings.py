@@ -1,4 +1,6 @@
-"""Settings and strict parsing of user input (environment variables, CLI flags).
+"""The one settings module: the wake threshold and its defaults, the gate policy, the
+orchestrator's settings, and strict parsing of user input (environment variables, CLI flags).
+Run configuration files (what the drivers read) are :mod:`offload_fsm.drivers.config_file`.
 
 Every parser raises :class:`offload_fsm.core.errors.ConfigError` naming the input, the value and
 what is accepted; nothing silently falls back to a default once a value was given.
@@ -9,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from offload_fsm.core.errors import ConfigError
 from offload_fsm.probe.base import GIB, GpuDevice
@@ -123,3 +125,35 @@ class GatePolicy:
             raise ConfigError("poll_max_s", self.poll_max_s, f">= poll_min_s ({self.poll_min_s})")
         if not self.backoff >= 1.0:
             raise ConfigError("backoff", self.backoff, "a factor >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class OrchestratorConfig:
+    threshold_bytes: int
+    wake_gate: GatePolicy = field(default_factory=GatePolicy)
+    release_gate: GatePolicy = field(default_factory=lambda: GatePolicy(deadline_s=30.0))
+    resume_gate: GatePolicy = field(
+        default_factory=lambda: GatePolicy(deadline_s=30.0, settle_samples=1)
+    )
+    call_timeout_s: float = 120.0  # every adapter call
+    drain_timeout_s: float = 30.0
+    default_release_limit_bytes: int = gib_to_bytes(
+        CUDA_CONTEXT_FLOOR_GIB + DEFAULT_RELEASE_MARGIN_GIB
+    )
+    release_unmeasured: str = "pass"  # "pass" | "fail" when no engine PID is visible
+    resume_unmeasured: str = "pass"
+    proc_root: str = "/proc"
+    # "host" | "foreign" | "unknown"; None: detected from ``proc_root`` at start. In a
+    # foreign PID namespace per-process figures are unknown (whole-GPU ones stay valid).
+    pid_namespace: str | None = None
+    # Gates polling at the same moment share one probe round over their GPUs (probe/shared.py).
+    # None: where the backend's rounds are not cheap (probe.base.rounds_are_cheap): NVML,
+    # nvidia-smi and Ray rounds are shared, the in-memory fake's are not.
+    share_probe_rounds: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.threshold_bytes <= 0:
+            raise ConfigError("threshold_bytes", self.threshold_bytes, "a positive byte count")
+        for name in ("release_unmeasured", "resume_unmeasured"):
+            if getattr(self, name) not in ("pass", "fail"):
+                raise ConfigError(name, getattr(self, name), "'pass' or 'fail'")

@@ -12,9 +12,10 @@ cancelled while gated -> ``slept`` (cancel_wake); while releasing or waking -> `
 caller was already cancelled when it began changes nothing (``release_many`` cancelled
 before it reached an engine leaves that engine ``active``, not ``failed``).
 
-The data types live in engine_spec.py and orchestrator_config.py, and the helpers this class
-binds to its settings in engine_call.py, engine_memory.py, gpu_sharing.py,
-group_wake_gate.py and interruptions.py; the public names are importable from here as well.
+The data types live in engines/spec.py and settings.py; the gates this class drives in gates/
+(gate.py, conditions.py, group.py, engine_memory.py, gpu_sharing.py), one engine call in
+engine_call.py, and where an interruption leaves an engine in core/interruptions.py; the
+public names are importable from here as well.
 """
 
 from __future__ import annotations
@@ -39,12 +40,11 @@ from offload_fsm.gates.gate import GateContext, GateResult, NudgeHub, run_gate
 from offload_fsm.gates.gpu_sharing import blocking, check_wake_group, conflicts, neighbours
 from offload_fsm.gates.group import emit_member_decisions, wake_group_gate
 from offload_fsm.orchestrator.engine_call import call_engine, tag_list, tag_text
-from offload_fsm.orchestrator_config import OrchestratorConfig
 from offload_fsm.probe.attribution import Attribution
 from offload_fsm.probe.base import GpuDevice, ProbeBackend, ProbeRound, rounds_are_cheap
 from offload_fsm.probe.processes import ProcessTable, detect_pid_namespace, read_process
 from offload_fsm.probe.shared import SharedRounds
-from offload_fsm.settings import GatePolicy, check_threshold_fits
+from offload_fsm.settings import GatePolicy, OrchestratorConfig, check_threshold_fits
 from offload_fsm.timing.clock import Clock, RealClock
 from offload_fsm.timing.concurrency import all_or_first_error
 from offload_fsm.timing.deadlines import RoundDeadlines
