@@ -126,3 +126,16 @@ def test_lifecycles_sharing_one_machine_keep_their_own_state() -> None:
 def test_an_initial_state_that_is_not_a_state_is_refused() -> None:
     with pytest.raises(ValueError, match="bogus"):
         Lifecycle("a", initial="bogus")  # type: ignore[arg-type]
+
+
+def test_who_holds_memory_is_defined_once_and_nested() -> None:
+    from offload_fsm.core.lifecycle import AWAKE_STATES, HOLDING_STATES, OCCUPYING_STATES
+    from offload_fsm.replay.rules import AWAKE, HOLDING
+
+    assert AWAKE_STATES < OCCUPYING_STATES < HOLDING_STATES
+    assert set(OCCUPYING_STATES - AWAKE_STATES) == {State.RELEASING}
+    assert set(HOLDING_STATES - OCCUPYING_STATES) == {State.FAILED}
+    assert not HOLDING_STATES & {State.SLEPT, State.GATED}
+    # replay's string views are the same sets, not definitions of their own
+    assert {s.value for s in AWAKE_STATES} == AWAKE
+    assert {s.value for s in HOLDING_STATES} == HOLDING

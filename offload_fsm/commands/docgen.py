@@ -215,19 +215,27 @@ def render_lifecycle() -> str:
         "",
         "## States",
         "",
-        "| state | meaning | awake | final |",
-        "|---|---|---|---|",
+        "| state | meaning | awake | occupying | holding | final |",
+        "|---|---|---|---|---|---|",
     ]
     for s in State:
         meaning = meanings.get(s.name, "")
         if not meaning:
             raise UndocumentedError(f"State.{s.name} has no comment in lifecycle.py")
         awake = "yes" if s in lifecycle.AWAKE_STATES else ""
+        occupying = "yes" if s in lifecycle.OCCUPYING_STATES else ""
+        holding = "yes" if s in lifecycle.HOLDING_STATES else ""
         final = "yes" if s in lifecycle.FINAL_STATES else ""
-        out.append(f"| `{s.value}` | {_cell(meaning)} | {awake} | {final} |")
+        out.append(
+            f"| `{s.value}` | {_cell(meaning)} | {awake} | {occupying} | {holding} | {final} |"
+        )
     out += [
         "",
         "*awake*: the engine may hold (or be about to hold) its full GPU footprint.",
+        "*occupying*: it holds, or may be about to hold, memory on its GPUs; a conflicting",
+        "engine on a shared GPU does not wake meanwhile.",
+        "*holding*: its memory may still be on its GPUs (a failed engine's is unknown); replay",
+        "counts a GPU's memory as residual only while no engine there is holding.",
         "*final*: a state a finished run may leave an engine in.",
         "",
         "## Transitions",

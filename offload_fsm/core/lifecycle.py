@@ -70,8 +70,16 @@ _TABLE: dict[tuple[State, Trigger], frozenset[State]] = {
 }
 TABLE: Mapping[tuple[State, Trigger], frozenset[State]] = MappingProxyType(_TABLE)
 
+# Who holds GPU memory, defined once here and nested: every awake state occupies its GPUs,
+# every occupying state holds memory.
 # States in which an engine may hold (or be about to hold) its full GPU footprint.
 AWAKE_STATES = frozenset({S.WAKING, S.ACTIVE})
+# States in which an engine holds, or may be about to hold, memory on its GPUs: a wake of a
+# conflicting engine on a shared GPU waits while any of these is current.
+OCCUPYING_STATES = AWAKE_STATES | {S.RELEASING}
+# States in which an engine's memory may still be on its GPUs: a failed engine's memory is
+# unknown, so replay never counts a GPU's memory as residual while one is there.
+HOLDING_STATES = OCCUPYING_STATES | {S.FAILED}
 # States a finished run may leave an engine in (replay flags anything else as truncated).
 FINAL_STATES = frozenset({S.ACTIVE, S.SLEPT, S.FAILED})
 

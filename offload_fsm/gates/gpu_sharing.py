@@ -9,14 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from offload_fsm.core.errors import ConfigError
-from offload_fsm.core.lifecycle import AWAKE_STATES, State
+from offload_fsm.core.lifecycle import OCCUPYING_STATES
 from offload_fsm.engines.spec import Engine
 
 ByGpu = Mapping[str, Sequence[Engine]]  # device key -> engines using it
-
-# States in which an engine holds, or may be about to hold, memory on its GPUs: a wake of a
-# conflicting engine on a shared GPU waits while any of these is current.
-OCCUPYING = AWAKE_STATES | {State.RELEASING}
 
 
 def neighbours(by_gpu: ByGpu, me: Engine) -> list[Engine]:
@@ -38,7 +34,7 @@ def conflicts(by_gpu: ByGpu, me: Engine) -> list[Engine]:
 
 def blocking(conflicting: Sequence[Engine]) -> list[str]:
     """Those of ``conflicting`` (see :func:`conflicts`) that block a wake now, as "id (state)"."""
-    return [f"{o.id} ({o.state.value})" for o in conflicting if o.state in OCCUPYING]
+    return [f"{o.id} ({o.state.value})" for o in conflicting if o.state in OCCUPYING_STATES]
 
 
 def check_wake_group(by_gpu: ByGpu, group: Sequence[Engine]) -> None:
@@ -55,7 +51,6 @@ def check_wake_group(by_gpu: ByGpu, group: Sequence[Engine]) -> None:
 
 
 __all__ = [
-    "OCCUPYING",
     "ByGpu",
     "blocking",
     "check_wake_group",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from offload_fsm.core.lifecycle import AWAKE_STATES, FINAL_STATES, TABLE, State
+from offload_fsm.core.lifecycle import AWAKE_STATES, FINAL_STATES, HOLDING_STATES, TABLE, State
 from offload_fsm.replay.display import short_gpu
 
 # String-keyed views of TABLE (log fields are strings): (src, trigger) -> destinations.
@@ -16,8 +16,7 @@ LEGAL: dict[tuple[str, str], frozenset[str]] = {
 }
 STATE_NAMES: frozenset[str] = frozenset(s.value for s in State)
 AWAKE: frozenset[str] = frozenset(s.value for s in AWAKE_STATES)
-# States in which an engine may hold its memory (a failed engine's memory is unknown).
-HOLDING: frozenset[str] = frozenset(("active", "waking", "releasing", "failed"))
+HOLDING: frozenset[str] = frozenset(s.value for s in HOLDING_STATES)
 FINAL: frozenset[str] = frozenset(s.value for s in FINAL_STATES)
 
 
