@@ -40,11 +40,9 @@ Semantics:
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial, wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 import anyio
 
@@ -72,6 +70,7 @@ from offload_fsm.settings import (
     parse_positive_gib,
     threshold_from_env,
 )
+from offload_fsm.timing.backend import in_event_loop
 from offload_fsm.timing.clock import RealClock
 from offload_fsm.timing.deadlines import deadline
 
@@ -105,26 +104,10 @@ def close_default_backend() -> None:
         _run(backend.aclose)
 
 
-def _in_event_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-        return True
-    except RuntimeError:
-        pass
-    trio: Any = sys.modules.get("trio")
-    if trio is not None:
-        try:
-            trio.lowlevel.current_trio_token()
-            return True
-        except RuntimeError:
-            pass
-    return False
-
-
 def _run(fn: Callable[[], Awaitable[T]]) -> T:
     """Run ``fn`` on an event loop of its own (refused inside a running one: it would block
     that loop, and nested asyncio loops are an error)."""
-    if not _in_event_loop():
+    if not in_event_loop():
         return anyio.run(fn)
     raise ConfigError(
         "offload_fsm.compat.gates call site",

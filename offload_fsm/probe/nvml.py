@@ -21,7 +21,6 @@ subclasses). NVML error instances are unhashable: they are told apart by ``.valu
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import queue
@@ -41,6 +40,7 @@ from offload_fsm.core.errors import (
     TransientProbeError,
 )
 from offload_fsm.probe.base import DeviceMemory, GpuDevice, GpuProcess, ProbeRound
+from offload_fsm.timing.backend import running_asyncio_loop
 from offload_fsm.timing.clock import Clock, RealClock
 
 T = TypeVar("T")
@@ -90,10 +90,7 @@ def _text(value: Any) -> str:
 
 def _loop_waker(event: anyio.Event) -> Callable[[], None]:
     """A callable any thread may call to set ``event`` on the current event loop."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
+    loop = running_asyncio_loop()
     if loop is not None:
         running = loop
 

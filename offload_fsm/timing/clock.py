@@ -8,7 +8,6 @@ virtual time: fast and exact. Use :func:`offload_fsm.timing.deadlines.deadline` 
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import heapq
 import itertools
@@ -20,6 +19,7 @@ from typing import Protocol
 import anyio
 import anyio.lowlevel
 
+from offload_fsm.timing.backend import running_asyncio_loop
 from offload_fsm.timing.idle import wait_all_tasks_blocked
 
 
@@ -239,9 +239,8 @@ class VirtualClock:
         timer, or the deadline would never pass and the run would hang."""
         if self._live or self._keeper is not None or _top(self._timers) is None:
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # trio: a system task (cancelled when the run ends)
+        loop = running_asyncio_loop()
+        if loop is None:  # trio: a system task (cancelled when the run ends)
             import trio.lowlevel
 
             self._keeper = trio.lowlevel.spawn_system_task(self._keep_timers)
@@ -323,11 +322,7 @@ _Entry = tuple[float, int, _Sleeper]
 
 def _on_asyncio() -> bool:
     """Whether the running backend is asyncio (else trio, anyio's other backend)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
+    return running_asyncio_loop() is not None
 
 
 def _top(heap: list[_Entry]) -> _Sleeper | None:

@@ -21,14 +21,15 @@ from typing import Any, TypeVar
 import anyio
 import anyio.lowlevel
 
+from offload_fsm.timing.backend import running_asyncio_loop
+
 _T = TypeVar("_T")
 
 
 async def wait_all_tasks_blocked() -> None:
     """Return once no other task of this event loop can run (asyncio or trio)."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio: trio, anyio's other backend
+    loop = running_asyncio_loop()
+    if loop is None:  # not asyncio: trio, anyio's other backend
         import trio.testing
 
         await trio.testing.wait_all_tasks_blocked()
