@@ -7,9 +7,9 @@ import threading
 from offload_fsm.timing.backend import in_event_loop, running_asyncio_loop
 
 
-async def test_inside_a_loop_on_either_backend(anyio_backend: str) -> None:
+async def test_inside_a_loop_on_either_backend(anyio_backend_name: str) -> None:
     assert in_event_loop()
-    assert (running_asyncio_loop() is not None) == (anyio_backend == "asyncio")
+    assert (running_asyncio_loop() is not None) == (anyio_backend_name == "asyncio")
 
 
 def test_outside_any_loop() -> None:
