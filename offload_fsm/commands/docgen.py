@@ -122,7 +122,7 @@ def _field_table(cls: type, fields: list[FieldDoc], missing: list[str]) -> list[
 
 
 def render_events(module: ModuleType = events) -> str:
-    """docs/events.md, from ``module`` (events.py; tests pass a stand-in)."""
+    """docs/events.md, from ``module`` (events/kinds.py; tests pass a stand-in)."""
     fields = class_fields(module)
     missing: list[str] = []
     out = [
@@ -168,7 +168,7 @@ def render_events(module: ModuleType = events) -> str:
             out += _field_table(rec, fields[rec.__name__], missing)
     if missing:
         raise UndocumentedError(
-            "undocumented in events.py (add a docstring to the class, a comment on the "
+            "undocumented in events/kinds.py (add a docstring to the class, a comment on the "
             "field's line): " + ", ".join(missing)
         )
     return "\n".join(out) + "\n"
@@ -177,7 +177,7 @@ def render_events(module: ModuleType = events) -> str:
 def _docstring_of_module(module: ModuleType) -> str:
     doc = inspect.cleandoc(module.__doc__ or "")
     paragraphs = [" ".join(p.split()) for p in doc.split("\n\n")]
-    # The last paragraph of events.py points at this very file: leave it out.
+    # The last paragraph of events/kinds.py points at this very file: leave it out.
     return _md("\n\n".join(p for p in paragraphs if "docs/events.md" not in p))
 
 
@@ -221,7 +221,7 @@ def render_lifecycle() -> str:
     for s in State:
         meaning = meanings.get(s.name, "")
         if not meaning:
-            raise UndocumentedError(f"State.{s.name} has no comment in lifecycle.py")
+            raise UndocumentedError(f"State.{s.name} has no comment in core/lifecycle.py")
         awake = "yes" if s in lifecycle.AWAKE_STATES else ""
         occupying = "yes" if s in lifecycle.OCCUPYING_STATES else ""
         holding = "yes" if s in lifecycle.HOLDING_STATES else ""
