@@ -24,8 +24,8 @@ from offload_fsm.orchestrator import EngineSpec, Orchestrator, OrchestratorConfi
 from offload_fsm.probe.base import GIB
 from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
 from offload_fsm.replay import replay_path
+from offload_fsm.testing.log_builder import write_events
 from tests.ledger_engine import LedgerEngine
-from tests.replay_fixtures import write_events
 
 TOPOLOGY = {  # engine -> (pipeline, role, GPUs, footprint, awake first)
     "p1-train": ("p1", "trainer", [0], 30 * GIB, False),

@@ -1,13 +1,16 @@
-"""Event logs for the replay tests and bench: a deterministic dual-pipeline simulator and a
-small builder for hand-written logs.
+"""Synthetic event logs of any size, for tests of log consumers: a deterministic
+dual-pipeline run written event by event, with no orchestrator and no event loop.
 
-The simulator drives real :class:`Lifecycle` objects (the ground truth replay must reproduce)
-over a memory model of 4 GPUs in the dual topology used in practice
-(P1 train=[0] infer=[0,1,2]; P2 train=[3] infer=[1,2,3]). Each tick is one probe round: a
-memory sample per GPU, release progress, wake gate decisions for gated engines (settle window,
-timeout), resume progress. Randomness (release time, co-tenant processes that hold a GPU for a
-while, failed calls) comes from one seeded ``random.Random``: the same config gives the same
-log, byte for byte.
+Where :class:`~offload_fsm.testing.World` runs the real orchestrator (the logs it records are
+what a run writes), this generator writes a million events in seconds: for replay, summaries,
+traces, metrics or a user's own dashboard over the JSONL log. It drives real
+:class:`~offload_fsm.lifecycle.Lifecycle` objects (the ground truth a replay must reproduce,
+kept in ``SimOutcome.history`` when asked) over a memory model of 4 GPUs in the dual topology
+used in practice (P1 train=[0] infer=[0,1,2]; P2 train=[3] infer=[1,2,3]). Each tick is one
+probe round: a memory sample per GPU, release progress, wake gate decisions for gated engines
+(settle window, timeout), resume progress. Randomness (release time, co-tenant processes that
+hold a GPU for a while, failed calls) comes from one seeded ``random.Random``: the same config
+gives the same log, byte for byte.
 """
 
 from __future__ import annotations
@@ -36,24 +39,13 @@ from offload_fsm.events import (
 )
 from offload_fsm.lifecycle import Evidence, Lifecycle, State, Trigger
 from offload_fsm.probe.base import GIB
-from offload_fsm.testing.log_builder import GPUS, TOTAL, LogBuilder, incident_log, write_events
+from offload_fsm.testing.log_builder import GPUS, TOTAL
 
-__all__ = [
-    "GIB",
-    "GPUS",
-    "TOTAL",
-    "LogBuilder",
-    "SimConfig",
-    "incident_log",
-    "simulate",
-    "write_events",
-    "write_sim_log",
-]
 E = TypeVar("E", bound=Event)
 
 
 @dataclass(frozen=True)
-class EngineSpec:
+class SyntheticEngine:
     engine_id: str
     pipeline_id: str
     role: str  # "engine" | "trainer"
@@ -69,11 +61,11 @@ class EngineSpec:
     keys: tuple[str, ...] = field(init=False, default=())
 
 
-DUAL: tuple[EngineSpec, ...] = (
-    EngineSpec("p1-train", "p1", "trainer", (0,), 34 * GIB, 3 * GIB, 1100),
-    EngineSpec("p1-infer", "p1", "engine", (0, 1, 2), 22 * GIB, int(1.7 * GIB), 1200),
-    EngineSpec("p2-train", "p2", "trainer", (3,), 34 * GIB, 3 * GIB, 2100),
-    EngineSpec("p2-infer", "p2", "engine", (1, 2, 3), 22 * GIB, int(1.7 * GIB), 2200),
+DUAL: tuple[SyntheticEngine, ...] = (
+    SyntheticEngine("p1-train", "p1", "trainer", (0,), 34 * GIB, 3 * GIB, 1100),
+    SyntheticEngine("p1-infer", "p1", "engine", (0, 1, 2), 22 * GIB, int(1.7 * GIB), 1200),
+    SyntheticEngine("p2-train", "p2", "trainer", (3,), 34 * GIB, 3 * GIB, 2100),
+    SyntheticEngine("p2-infer", "p2", "engine", (1, 2, 3), 22 * GIB, int(1.7 * GIB), 2200),
 )
 # Who is awake in each half of a step: P1 rolls out while P2 trains, then they swap.
 CONFIGS: tuple[frozenset[str], frozenset[str]] = (
@@ -121,7 +113,7 @@ class DualSim:
         cfg: SimConfig,
         sink: Callable[[Event], None],
         *,
-        engines: Sequence[EngineSpec] = DUAL,
+        engines: Sequence[SyntheticEngine] = DUAL,
         record_history: bool = False,
     ) -> None:
         self.cfg = cfg
@@ -184,7 +176,7 @@ class DualSim:
             settle_samples=cfg.settle,
             fail_open=cfg.fail_open,
             backend="fake",
-            command="tests.replay_fixtures",
+            command="offload_fsm.testing.synthetic",
         )
         for eid, spec in self.specs.items():
             awake = eid in self.wanted
