@@ -49,6 +49,7 @@ from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend, ProbeRound
 from offload_fsm.probe.fake import FakeBackend, FakeGpus, make_devices
 from offload_fsm.probe.retry import RetryingProbe, RetryPolicy
 from offload_fsm.replay import replay_path
+from offload_fsm.testing import EventLog, assert_no_wake_over_threshold, assert_replays_clean
 
 E = TypeVar("E", bound=Event)
 
@@ -491,7 +492,12 @@ def _exclusive(
 
 
 def _replay_module(rig: Rig, check: LogCheck) -> None:
-    """The library's own replay (``offload-fsm replay``) must agree and find nothing."""
+    """The library's own replay (``offload-fsm replay``) and the testing kit's assertions
+    (what users check their pipelines with) must agree and find nothing."""
+    log = EventLog(check.events)
+    assert_no_wake_over_threshold(log)
+    if log.finished is not None:
+        assert_replays_clean(log)
     result = replay_path(rig.log_path)
     assert result.ok, [str(v) for v in result.violations]
     assert not result.truncated
