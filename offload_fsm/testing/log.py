@@ -68,11 +68,17 @@ class RuleBroken(AssertionError):
 
 
 class EventLog:
-    """A run's events (in log order) plus the world's findings; immutable."""
+    """A run's events (in log order) plus the world's findings.
+
+    Given lists, it is a view of them, not a copy: a world's ``log`` grows as the world runs
+    (the ``fsm_log`` fixture is one). Any other iterable is read once, into a tuple.
+    """
 
     def __init__(self, events: Iterable[Event], findings: Iterable[Finding] = ()) -> None:
-        self.events: tuple[Event, ...] = tuple(events)
-        self.findings: tuple[Finding, ...] = tuple(findings)
+        self.events: Sequence[Event] = events if isinstance(events, list) else tuple(events)
+        self.findings: Sequence[Finding] = (
+            findings if isinstance(findings, list) else tuple(findings)
+        )
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> EventLog:

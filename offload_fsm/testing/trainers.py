@@ -23,7 +23,7 @@ worker thread (a thread would let the virtual clock jump while it runs).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -59,6 +59,19 @@ def _tags_arg(fn: Callable[..., Any], tags: Sequence[str] | None) -> tuple[Any, 
         return (tags,)
     takes = [p for p in params if p.kind not in (p.KEYWORD_ONLY, p.VAR_KEYWORD)]
     return (tags,) if takes else ()
+
+
+def _inline(hook: UserHook | None) -> Callable[[], Awaitable[None]] | None:
+    """An async wrapper: the adapter awaits it in the event loop (no worker thread)."""
+    if hook is None:
+        return None
+    if not callable(hook):
+        raise ConfigError("hook", hook, "a callable (sync or async) or None")
+
+    async def run() -> None:
+        await call_inline(hook)
+
+    return run
 
 
 class WatchedTrainer:
@@ -107,8 +120,8 @@ class WatchedTrainer:
             offload=self.offload,
             onload=self.onload,
             process_root=pid,
-            prepare=prepare,
-            finish=finish,
+            prepare=_inline(prepare),
+            finish=_inline(finish),
             initially_offloaded=not onloaded,
         )
 

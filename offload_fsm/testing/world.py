@@ -245,7 +245,7 @@ class World:
             prepare=prepare,
             finish=finish,
             awake_bytes=gib_to_bytes(parse_positive_gib("awake_gib", awake_gib)),
-            residual_bytes=gib_to_bytes(residual_gib) if residual_gib else 0,
+            residual_bytes=_residual_bytes(residual_gib),
             onloaded=awake,
         )
         await self._add_spec(
@@ -371,6 +371,13 @@ class World:
     async def _add_spec(self, spec: EngineSpec) -> None:
         await self.start()
         await self.orchestrator.register(spec)
+
+
+def _residual_bytes(gib: float) -> int:
+    """What an offloaded trainer keeps per GPU: 0 is allowed (unlike a threshold)."""
+    if isinstance(gib, bool) or not isinstance(gib, (int, float)) or not 0 <= gib < float("inf"):
+        raise ConfigError("residual_gib", gib, "a finite number of GiB >= 0")
+    return gib_to_bytes(gib)
 
 
 def _pids(pid: int) -> Any:

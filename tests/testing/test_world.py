@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from offload_fsm.errors import ConfigError, EngineError, GateTimeout
+from offload_fsm.errors import ConfigError, DeviceUnhealthy, EngineError, GateTimeout
 from offload_fsm.lifecycle import State
 from offload_fsm.testing import (
     EventLog,
@@ -23,10 +23,10 @@ async def test_a_late_release_delays_the_trainer_until_the_memory_drops(fsm_worl
     await fsm_world.sglang("e0", gpus=[0])
     await fsm_world.sim_trainer("t0", gpus=[0])
     fsm_world.inject("late_release", engine="e0", delay_s=5.0)
-    await fsm_world.orchestrator.release("e0")
-    before = fsm_world.clock.now()
+    await fsm_world.orchestrator.release("e0")  # the release gate waits for the memory
+    assert fsm_world.clock.now() >= 5.0
+    assert fsm_world.engines["e0"].resident_bytes() == fsm_world.engines["e0"].footprint.context
     await fsm_world.orchestrator.wake("t0")
-    assert fsm_world.clock.now() - before >= 0.0
     log = await fsm_world.finish()
     assert_transitions(log, "t0", ["gated", "waking", "active"])
     assert_no_wake_over_threshold(log)
@@ -75,7 +75,7 @@ async def test_a_cotenant_that_stays_times_the_gate_out(fsm_world: World) -> Non
 
 async def test_an_nvml_error_is_injected_at_the_next_poll(fsm_world: World) -> None:
     fsm_world.inject("nvml_error", error="lost")
-    with pytest.raises(Exception, match="GPU is lost"):
+    with pytest.raises(DeviceUnhealthy, match="GPU is lost"):
         await fsm_world.probe.probe(fsm_world.gpus.devices)
 
 
@@ -139,6 +139,40 @@ async def test_a_vllm_engine_sleeps_and_wakes(fsm_world: World) -> None:
     assert_transitions(
         await fsm_world.finish(), "v0", ["releasing", "slept", "gated", "waking", "active"]
     )
+
+
+@pytest.mark.fsm_world(gpus=[40, 80], threshold_gib=5)
+async def test_the_fixtures_share_one_world_chosen_by_the_marker(
+    fsm_world: World,
+    fsm_clock: object,
+    fsm_gpus: object,
+    fsm_orchestrator: object,
+    fsm_log: EventLog,
+) -> None:
+    assert fsm_clock is fsm_world.clock and fsm_gpus is fsm_world.gpus
+    assert fsm_orchestrator is fsm_world.orchestrator
+    assert [d.total_bytes for d in fsm_world.gpus.devices] == [40 * 1024**3, 80 * 1024**3]
+    await fsm_world.sim_trainer("t0", gpus=[1])
+    await fsm_world.orchestrator.wake("t0")
+    run = fsm_log.run
+    assert run is not None and run.threshold_bytes == 5 * 1024**3
+    assert fsm_log.states("t0") == ["slept", "gated", "waking", "active"]  # a live view
+
+
+async def test_trainer_hooks_and_bad_inputs(fsm_world: World) -> None:
+    seen: list[str] = []
+    await fsm_world.trainer(
+        "t0", gpus=[0], prepare=lambda: seen.append("prepare"), finish=lambda: seen.append("finish")
+    )
+    await fsm_world.orchestrator.wake("t0")
+    await fsm_world.orchestrator.release("t0")
+    assert seen == ["finish", "prepare"]
+    with pytest.raises(ConfigError, match="residual_gib"):
+        await fsm_world.trainer("t1", gpus=[1], residual_gib=-1)
+    with pytest.raises(ConfigError, match="'t0'"):
+        await fsm_world.sglang("t0", gpus=[1])
+    with pytest.raises(ConfigError, match="gpu"):
+        await fsm_world.sglang("e9", gpus=[9])
 
 
 # --- the assertions' messages, on hand-written logs --------------------------------------------
