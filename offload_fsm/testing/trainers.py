@@ -7,14 +7,18 @@ in production is the one under test) through guards that
 - move the trainer's simulated memory on the fake GPUs (its footprint while onloaded, its
   offload residual while offloaded), so the wake gates of other engines see it;
 - refuse a second onload without an offload in between, as Megatron does ("Cannot resume
-  allocation that is not paused"), and record a ``double-resume`` finding;
-- record a ``gate-skipped`` finding when the trainer is onloaded by anything but the
-  orchestrator's gated wake (its state is then not ``waking``): the pipeline called the
-  trainer itself, as the code paths that crashed real runs did;
+  allocation that is not paused"): a ``double-resume`` finding;
+- refuse an onload by anything but the orchestrator's gated wake (the trainer's state is
+  then not ``waking``): a ``gate-skipped`` finding, the pipeline called the trainer itself,
+  as the code paths that crashed real runs did (and an offload outside the orchestrator's
+  release: ``unmanaged-offload``);
 - apply engine-call faults injected by name (``error``, ``hang``, ``late_release``,
   ``stuck_memory``, ``noop_resume``) on ``release`` (offload) and ``resume`` (onload).
 
-The pipeline under test gets the handle itself (``trainer.onload()``/``trainer.offload()``
+A refusal raises :class:`~offload_fsm.testing.log.RuleBroken` (an ``AssertionError``) at the
+pipeline's culprit line, and the finding stays in the world's log for
+``assert_replays_clean``, in case the pipeline swallows the error. The pipeline under test
+gets the handle itself (``trainer.onload()``/``trainer.offload()``
 are the guarded callables, like an actor handle's ``wake_up``/``sleep``), so a direct call
 is seen. User callables may be sync or async; they run inline, in virtual time, never in a
 worker thread (a thread would let the virtual clock jump while it runs).

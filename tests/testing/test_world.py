@@ -120,6 +120,18 @@ async def test_an_error_injected_into_the_users_onload_fails_the_wake(fsm_world:
     assert fsm_world.state("t0") is State.FAILED
 
 
+async def test_memory_faults_on_the_users_trainer_are_measured(fsm_world: World) -> None:
+    await fsm_world.trainer("t0", gpus=[0], awake=True, residual_gib=0.5)
+    fsm_world.inject("late_release", engine="t0", delay_s=4.0)
+    await fsm_world.orchestrator.release("t0")  # the release gate waits for the drop
+    assert fsm_world.clock.now() >= 4.0 and fsm_world.used_gib(0) == pytest.approx(0.5)
+    await fsm_world.orchestrator.wake("t0")
+    fsm_world.inject("stuck_memory", engine="t0", nth=1)
+    with pytest.raises(GateTimeout, match="release gate"):
+        await fsm_world.orchestrator.release("t0")
+    assert fsm_world.state("t0") is State.FAILED and fsm_world.used_gib(0) > 30
+
+
 async def test_a_router_hook_that_raises_stops_the_release(fsm_world: World) -> None:
     def close_admission(engine_id: str) -> None:
         raise RuntimeError(f"router down for {engine_id}")
