@@ -3,8 +3,10 @@ assertions' messages (each names the event, the engine and the rule)."""
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
+from offload_fsm import codec
 from offload_fsm.errors import ConfigError, DeviceUnhealthy, EngineError, GateTimeout
 from offload_fsm.lifecycle import State
 from offload_fsm.testing import (
@@ -232,3 +234,24 @@ def test_an_unfinished_log_is_not_called_clean() -> None:
     b.engine("e0", [0], "active")
     with pytest.raises(AssertionError, match="run_finished"):
         assert_replays_clean(EventLog(b.events))
+
+
+def test_a_world_run_is_the_same_on_asyncio_and_trio() -> None:
+    """Virtual time makes a world deterministic: the same log, event for event, on both."""
+
+    async def scenario() -> list[bytes]:
+        world = World(gpus=2)
+        await world.sglang("e0", gpus=[0, 1])
+        await world.sim_trainer("t0", gpus=[0])
+        world.inject("late_release", engine="e0", delay_s=0.7)
+        world.inject("cotenant", gpu=0, gib=9, arrive_s=0.1, leave_s=3.0)
+        await world.orchestrator.release("e0")
+        await world.orchestrator.wake("t0")
+        log = await world.finish()
+        assert_replays_clean(log)
+        return [codec.encode(e) for e in log.events]
+
+    on_asyncio = anyio.run(scenario, backend="asyncio")
+    on_trio = anyio.run(scenario, backend="trio")
+    assert len(on_asyncio) > 10
+    assert on_asyncio == on_trio
