@@ -20,14 +20,14 @@ from offload_fsm.events.kinds import AttributionReport, Event
 from offload_fsm.orchestrator.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig
 from offload_fsm.probe.base import GIB
 from offload_fsm.settings import GatePolicy
-from offload_fsm.sim.engine import SimEngine
 from offload_fsm.sim.fake_backend import FakeBackend
 from offload_fsm.sim.fake_devices import make_devices
 from offload_fsm.sim.fake_gpus import FakeGpus
 from offload_fsm.sim.sim_model import FaultPlan, Footprint
 from offload_fsm.sim.sim_proc import ledger_dir_source
 from offload_fsm.sim.sim_server import SimServerProcess
-from offload_fsm.timing.clock import Clock, RealClock, VirtualClock
+from offload_fsm.testing import World, assert_replays_clean
+from offload_fsm.timing.clock import Clock, RealClock
 
 FP = Footprint.gib(weights=2, kv_cache=4, cuda_graph=0.5)
 DEVICES = make_devices(2)
@@ -141,52 +141,33 @@ async def test_noop_resume_fails_the_resume_gate(server: SimServerProcess, http_
     await adapter.aclose()
 
 
-@pytest.fixture
-async def sim_rig() -> AsyncIterator[Rig]:
-    clock = VirtualClock()
-    async for rig in _rig(FakeGpus(make_devices(2), clock), clock):
-        yield rig
+# The in-process SimEngine, in the testing kit's virtual-time world (offload_fsm.testing).
 
 
-async def _register_sim(rig: Rig, plan: FaultPlan | None = None) -> SimEngine:
-    engine = SimEngine("s0", rig.gpus, [0, 1], pid=4100, footprint=FP, faults=plan)
-    await rig.orch.register(
-        EngineSpec("s0", engine, engine.devices, pids=lambda: frozenset({engine.pid}))
-    )
-    return engine
-
-
-async def test_in_process_sim_engine_cycle_in_virtual_time(sim_rig: Rig) -> None:
-    engine = await _register_sim(sim_rig)
-    await sim_rig.orch.release("s0", ["weights", "kv_cache", "cuda_graph"])
-    await sim_rig.orch.wake("s0")
-    assert sim_rig.orch.state("s0") is State.ACTIVE
+async def test_in_process_sim_engine_cycle_in_virtual_time(fsm_world: World) -> None:
+    engine = await fsm_world.sglang("s0", gpus=[0, 1], footprint=FP)
+    await fsm_world.orchestrator.release("s0", ["weights", "kv_cache", "cuda_graph"])
+    await fsm_world.orchestrator.wake("s0")
+    assert fsm_world.state("s0") is State.ACTIVE
     assert engine.calls == {"prepare_release": 1, "release": 1, "resume": 1, "finish_wake": 1}
-    assert sim_rig.gpus.used(0) == FP.total
+    assert fsm_world.gpus.used(0) == FP.total
+    assert_replays_clean(await fsm_world.finish())
 
 
-async def test_in_process_no_release_and_crash_mid_wake(sim_rig: Rig) -> None:
-    engine = await _register_sim(sim_rig, FaultPlan().on("release", "no_release", nth=1))
+async def test_in_process_no_release_and_crash_mid_wake(fsm_world: World) -> None:
+    engine = await fsm_world.sglang("s0", gpus=[0, 1], footprint=FP)
+    fsm_world.inject("stuck_memory", engine="s0", nth=1)
     with pytest.raises(GateTimeout) as info:
-        await sim_rig.orch.release("s0")
+        await fsm_world.orchestrator.release("s0")
     assert info.value.gate == "release"
-    assert sim_rig.orch.state("s0") is State.FAILED
+    assert fsm_world.state("s0") is State.FAILED
     assert engine.released_tags  # it believes it released: only measuring caught it
 
-    other = SimEngine(
-        "s1",
-        sim_rig.gpus,
-        [1],
-        pid=4200,
-        footprint=FP,
-        faults=FaultPlan().on("resume", "crash", delay_s=0.13),
-    )
     # s0 still holds GPU 1: free it by hand so s1's wake gate can open.
     engine.kill()
-    await sim_rig.orch.register(
-        EngineSpec("s1", other, other.devices, pids=lambda: frozenset({4200}), initial=State.ACTIVE)
-    )
-    await sim_rig.orch.release("s1")
+    await fsm_world.sglang("s1", gpus=[1], footprint=FP)
+    fsm_world.inject("crash", engine="s1", call="resume", delay_s=0.13)
+    await fsm_world.orchestrator.release("s1")
     with pytest.raises(EngineUnreachable):
-        await sim_rig.orch.wake("s1")
-    assert sim_rig.orch.state("s1") is State.FAILED
+        await fsm_world.orchestrator.wake("s1")
+    assert fsm_world.state("s1") is State.FAILED

@@ -15,7 +15,8 @@ from offload_fsm.commands.cli import main
 from offload_fsm.core.errors import MissingExtra
 from offload_fsm.events.kinds import GateDecision, Transition
 from offload_fsm.replay import replay_path
-from tests.replay_fixtures import SimConfig, incident_log, simulate, write_events
+from offload_fsm.testing.log_builder import incident_log, write_events
+from offload_fsm.testing.synthetic import SimConfig, simulate
 
 
 def _red_pixels(png: Path) -> int:

@@ -11,17 +11,11 @@ from offload_fsm.commands.cli import main
 from offload_fsm.core.errors import EventDecodeError
 from offload_fsm.events import codec
 from offload_fsm.events.kinds import RunFinished, Transition
+from offload_fsm.probe.base import GIB
 from offload_fsm.replay import LEGAL, ReplayResult, Rule, replay_path
 from offload_fsm.replay.summary import percentile, summarize
-from tests.replay_fixtures import (
-    GIB,
-    GPUS,
-    LogBuilder,
-    SimConfig,
-    incident_log,
-    simulate,
-    write_events,
-)
+from offload_fsm.testing.log_builder import GPUS, LogBuilder, incident_log, write_events
+from offload_fsm.testing.synthetic import SimConfig, simulate
 
 
 def replay(b: LogBuilder, tmp_path: Path, **kw: object) -> ReplayResult:

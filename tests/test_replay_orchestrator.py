@@ -25,9 +25,9 @@ from offload_fsm.settings import GatePolicy
 from offload_fsm.sim.fake_backend import FakeBackend
 from offload_fsm.sim.fake_devices import make_devices
 from offload_fsm.sim.fake_gpus import FakeGpus
+from offload_fsm.testing.log_builder import write_events
 from offload_fsm.timing.clock import VirtualClock
 from tests.ledger_engine import LedgerEngine
-from tests.replay_fixtures import write_events
 
 TOPOLOGY = {  # engine -> (pipeline, role, GPUs, footprint, awake first)
     "p1-train": ("p1", "trainer", [0], 30 * GIB, False),

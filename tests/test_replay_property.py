@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from offload_fsm.events.kinds import GateDecision, Transition
 from offload_fsm.replay import Rule, replay_path
-from tests.replay_fixtures import SimConfig, simulate, write_events
+from offload_fsm.testing.log_builder import write_events
+from offload_fsm.testing.synthetic import SimConfig, simulate
 
 configs = st.builds(
     SimConfig,

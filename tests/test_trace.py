@@ -13,7 +13,8 @@ import pytest
 from offload_fsm.commands.cli import main
 from offload_fsm.events.kinds import GateDecision, MemorySample, Transition
 from offload_fsm.replay.trace import ENGINES_PID, write_trace
-from tests.replay_fixtures import SimConfig, incident_log, simulate, write_events
+from offload_fsm.testing.log_builder import incident_log, write_events
+from offload_fsm.testing.synthetic import SimConfig, simulate
 
 PHASES = {"B", "E", "X", "C", "i", "I", "M"}
 METADATA = {"process_name", "thread_name", "process_sort_index", "thread_sort_index"}

@@ -56,10 +56,13 @@ class SimEngine:
         latency_s: Mapping[str, float] | None = None,
         require_pause: bool = True,
         clock: Clock | None = None,
+        strict: bool = True,
     ) -> None:
         """``clock`` defaults to the ledger's clock (they must agree: memory is a function of
         it). ``latency_s`` overrides :data:`DEFAULT_LATENCY_S` per call. ``require_pause``:
-        release before prepare_release is refused, like SGLang releasing under load."""
+        release before prepare_release is refused, like SGLang releasing under load.
+        ``strict`` (SGLang): a second release or a resume of an unreleased tag is refused; not
+        strict (vLLM's /sleep and /wake_up): skipped, as the simulated vLLM server does."""
         if not isinstance(engine_id, str) or not engine_id:
             raise ConfigError("engine_id", engine_id, "a non-empty string")
         if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
@@ -83,6 +86,7 @@ class SimEngine:
         self.clock: Clock = clock or gpus.clock
         self._model = MemoryModel(footprint, self.clock.now(), require_pause=require_pause)
         self._calls: dict[str, int] = dict.fromkeys(ENGINE_CALLS, 0)
+        self._strict = strict
         self._crashed = False
         self._closed = False
         gpus.add_process(pid, self.devices, self.resident_bytes)
@@ -181,7 +185,7 @@ class SimEngine:
         checked = check_tags(tags, allowed=TAGS)
         fault = await self._enter("release")
         try:
-            self._model.release(checked, self.clock.now(), fault)
+            self._model.release(checked, self.clock.now(), fault, strict=self._strict)
         except SimRefused as exc:
             raise EngineError(self.engine_id, "release", f"HTTP 400: {exc}") from exc
 
@@ -189,7 +193,7 @@ class SimEngine:
         checked = check_tags(tags, allowed=TAGS)
         fault = await self._enter("resume")
         try:
-            self._model.resume(checked, self.clock.now(), fault)
+            self._model.resume(checked, self.clock.now(), fault, strict=self._strict)
         except SimRefused as exc:
             raise EngineError(self.engine_id, "resume", f"HTTP 400: {exc}") from exc
 

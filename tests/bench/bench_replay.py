@@ -2,7 +2,7 @@
 
     python -m tests.bench.bench_replay [--quick] [--repeat N] [--sizes 100000,1000000]
 
-For each size a deterministic simulated run (tests/replay_fixtures.py) is written to a temp
+For each size a deterministic synthetic run (offload_fsm/testing/synthetic.py) is written to a temp
 file, then replayed in fresh child processes (so peak RSS is per size), next to the baseline
 from the same run: reading and decoding every line with the codec and nothing else (the floor
 any replay pays). Goal: 1,000,000 events in <= 5 s; peak RSS flat in log size (streaming).
@@ -75,7 +75,7 @@ def main(argv: list[str]) -> int:
     if args.child:
         _child(*args.child)
         return 0
-    from tests.replay_fixtures import SimConfig, write_sim_log
+    from offload_fsm.testing.synthetic import SimConfig, write_sim_log
 
     sizes = [20_000, 100_000] if args.quick else [int(s) for s in args.sizes.split(",")]
     repeat = 1 if args.quick else args.repeat

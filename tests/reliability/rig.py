@@ -50,6 +50,7 @@ from offload_fsm.sim.fake_backend import FakeBackend
 from offload_fsm.sim.fake_devices import make_devices
 from offload_fsm.sim.fake_gpus import FakeGpus
 from offload_fsm.sim.sim_model import FaultPlan, Footprint
+from offload_fsm.testing import EventLog, assert_no_wake_over_threshold, assert_replays_clean
 from offload_fsm.timing.clock import Clock, VirtualClock, WakeToken
 
 E = TypeVar("E", bound=Event)
@@ -493,7 +494,12 @@ def _exclusive(
 
 
 def _replay_module(rig: Rig, check: LogCheck) -> None:
-    """The library's own replay (``offload-fsm replay``) must agree and find nothing."""
+    """The library's own replay (``offload-fsm replay``) and the testing kit's assertions
+    (what users check their pipelines with) must agree and find nothing."""
+    log = EventLog(check.events)
+    assert_no_wake_over_threshold(log)
+    if log.finished is not None:
+        assert_replays_clean(log)
     result = replay_path(rig.log_path)
     assert result.ok, [str(v) for v in result.violations]
     assert not result.truncated

@@ -1,13 +1,16 @@
-"""Event logs for the replay tests and bench: a deterministic dual-pipeline simulator and a
-small builder for hand-written logs.
+"""Synthetic event logs of any size, for tests of log consumers: a deterministic
+dual-pipeline run written event by event, with no orchestrator and no event loop.
 
-The simulator drives real :class:`Lifecycle` objects (the ground truth replay must reproduce)
-over a memory model of 4 GPUs in the dual topology used in practice
-(P1 train=[0] infer=[0,1,2]; P2 train=[3] infer=[1,2,3]). Each tick is one probe round: a
-memory sample per GPU, release progress, wake gate decisions for gated engines (settle window,
-timeout), resume progress. Randomness (release time, co-tenant processes that hold a GPU for a
-while, failed calls) comes from one seeded ``random.Random``: the same config gives the same
-log, byte for byte.
+Where :class:`~offload_fsm.testing.World` runs the real orchestrator (the logs it records are
+what a run writes), this generator writes a million events in seconds: for replay, summaries,
+traces, metrics or a user's own dashboard over the JSONL log. It drives real
+:class:`~offload_fsm.core.lifecycle.Lifecycle` objects (the ground truth a replay must reproduce,
+kept in ``SimOutcome.history`` when asked) over a memory model of 4 GPUs in the dual topology
+used in practice (P1 train=[0] infer=[0,1,2]; P2 train=[3] infer=[1,2,3]). Each tick is one
+probe round: a memory sample per GPU, release progress, wake gate decisions for gated engines
+(settle window, timeout), resume progress. Randomness (release time, co-tenant processes that
+hold a GPU for a while, failed calls) comes from one seeded ``random.Random``: the same config
+gives the same log, byte for byte.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from offload_fsm.events.kinds import (
     EngineRegistered,
     Event,
     GateDecision,
-    GateFailOpen,
     GateTimedOut,
     MemorySample,
     PhaseChanged,
@@ -37,16 +39,14 @@ from offload_fsm.events.kinds import (
     RunStarted,
     Transition,
 )
-from offload_fsm.sim.fake_devices import make_devices
+from offload_fsm.probe.base import GIB
+from offload_fsm.testing.log_builder import GPUS, TOTAL
 
-GIB = 1024**3
-TOTAL = 80 * GIB
-GPUS: tuple[str, ...] = tuple(d.key for d in make_devices(4))
 E = TypeVar("E", bound=Event)
 
 
 @dataclass(frozen=True)
-class EngineSpec:
+class SyntheticEngine:
     engine_id: str
     pipeline_id: str
     role: str  # "engine" | "trainer"
@@ -62,11 +62,11 @@ class EngineSpec:
     keys: tuple[str, ...] = field(init=False, default=())
 
 
-DUAL: tuple[EngineSpec, ...] = (
-    EngineSpec("p1-train", "p1", "trainer", (0,), 34 * GIB, 3 * GIB, 1100),
-    EngineSpec("p1-infer", "p1", "engine", (0, 1, 2), 22 * GIB, int(1.7 * GIB), 1200),
-    EngineSpec("p2-train", "p2", "trainer", (3,), 34 * GIB, 3 * GIB, 2100),
-    EngineSpec("p2-infer", "p2", "engine", (1, 2, 3), 22 * GIB, int(1.7 * GIB), 2200),
+DUAL: tuple[SyntheticEngine, ...] = (
+    SyntheticEngine("p1-train", "p1", "trainer", (0,), 34 * GIB, 3 * GIB, 1100),
+    SyntheticEngine("p1-infer", "p1", "engine", (0, 1, 2), 22 * GIB, int(1.7 * GIB), 1200),
+    SyntheticEngine("p2-train", "p2", "trainer", (3,), 34 * GIB, 3 * GIB, 2100),
+    SyntheticEngine("p2-infer", "p2", "engine", (1, 2, 3), 22 * GIB, int(1.7 * GIB), 2200),
 )
 # Who is awake in each half of a step: P1 rolls out while P2 trains, then they swap.
 CONFIGS: tuple[frozenset[str], frozenset[str]] = (
@@ -114,7 +114,7 @@ class DualSim:
         cfg: SimConfig,
         sink: Callable[[Event], None],
         *,
-        engines: Sequence[EngineSpec] = DUAL,
+        engines: Sequence[SyntheticEngine] = DUAL,
         record_history: bool = False,
     ) -> None:
         self.cfg = cfg
@@ -177,7 +177,7 @@ class DualSim:
             settle_samples=cfg.settle,
             fail_open=cfg.fail_open,
             backend="fake",
-            command="tests.replay_fixtures",
+            command="offload_fsm.testing.synthetic",
         )
         for eid, spec in self.specs.items():
             awake = eid in self.wanted
@@ -417,201 +417,3 @@ def write_sim_log(path: Path, cfg: SimConfig, *, record_history: bool = False) -
             write(encode(event) + b"\n")
 
         return DualSim(cfg, sink, record_history=record_history).run()
-
-
-def write_events(path: Path, events: Sequence[Event]) -> Path:
-    path.write_bytes(b"".join(codec.encode(e) + b"\n" for e in events))
-    return path
-
-
-# --- hand-written logs --------------------------------------------------------------------
-
-
-class LogBuilder:
-    """Builds a log event by event with a running seq and clock (``dt`` seconds apart)."""
-
-    def __init__(
-        self,
-        *,
-        threshold: int | None = 7 * GIB,
-        settle: int = 2,
-        fail_open: bool = False,
-        run_id: str = "hand",
-        dt: float = 0.5,
-    ) -> None:
-        self.events: list[Event] = []
-        self.seq = 0
-        self.ts = 1_700_000_000.0
-        self.dt = dt
-        self.run_id = run_id
-        self.threshold = threshold
-        self.settle = settle
-        self.engines: dict[str, tuple[str, ...]] = {}
-        self.add(
-            RunStarted,
-            tool_version=__version__,
-            threshold_bytes=threshold,
-            settle_samples=settle,
-            fail_open=fail_open,
-            backend="fake",
-        )
-
-    def add(self, kind: type[E], **fields: Any) -> E:
-        self.seq += 1
-        self.ts += self.dt
-        fields.setdefault("seq", self.seq)
-        fields.setdefault("ts", self.ts)
-        fields.setdefault("run_id", self.run_id)
-        event = kind(**fields)
-        self.events.append(event)
-        return event
-
-    @property
-    def line(self) -> int:
-        """The line number the last added event will have."""
-        return len(self.events)
-
-    def engine(
-        self,
-        eid: str,
-        gpus: Sequence[int],
-        state: str = "active",
-        *,
-        role: str = "engine",
-        share_group: str | None = None,
-    ) -> None:
-        keys = tuple(GPUS[g] for g in gpus)
-        self.engines[eid] = keys
-        self.add(
-            EngineRegistered,
-            engine_id=eid,
-            gpus=keys,
-            role=role,
-            adapter="sim",
-            initial_state=state,
-            share_group=share_group,
-        )
-
-    def t(self, eid: str, src: str, dst: str, trigger: str, **extra: Any) -> None:
-        if trigger == "fail":
-            extra.setdefault("reason", "test")
-        if trigger == "recover":
-            extra.setdefault("evidence", "resident 0.5 GiB")
-        self.add(
-            Transition,
-            engine_id=eid,
-            gpus=self.engines.get(eid, ()),
-            src=src,
-            dst=dst,
-            trigger=trigger,
-            **extra,
-        )
-
-    def sample(self, gpu: int, used: int | None) -> None:
-        self.add(
-            MemorySample,
-            gpus=(GPUS[gpu],),
-            backend="fake",
-            used_bytes=used,
-            free_bytes=None if used is None else TOTAL - used,
-            total_bytes=TOTAL,
-        )
-
-    def gate(
-        self,
-        eid: str,
-        observed: Sequence[int | None],
-        *,
-        opened: bool,
-        limit: int | None = None,
-        settle_count: int | None = None,
-        settle_required: int | None = None,
-        gpus: Sequence[int] | None = None,
-        gate: str = "wake",
-    ) -> None:
-        keys = tuple(GPUS[g] for g in gpus) if gpus is not None else self.engines[eid]
-        limit = self.threshold if limit is None else limit
-        required = self.settle if settle_required is None else settle_required
-        self.add(
-            GateDecision,
-            engine_id=eid,
-            gpus=keys,
-            gate=gate,
-            passed=all(b is not None and limit is not None and b <= limit for b in observed),
-            opened=opened,
-            observed_bytes=tuple(observed),
-            limit_bytes=limit,
-            settle_count=(required if opened else 0) if settle_count is None else settle_count,
-            settle_required=required,
-            attempt=1,
-            elapsed_s=0.5,
-        )
-
-    def fail_open(self, eid: str) -> None:
-        self.add(
-            GateFailOpen,
-            engine_id=eid,
-            gpus=self.engines[eid],
-            gate="wake",
-            error="NVML: driver not loaded",
-            elapsed_s=0.1,
-        )
-
-    def wake(self, eid: str, observed: Sequence[int | None] | None = None) -> None:
-        """slept -> gated -> (passing, settled gate) -> waking -> active."""
-        self.t(eid, "slept", "gated", "request_wake")
-        obs = observed if observed is not None else [GIB] * len(self.engines[eid])
-        self.gate(eid, obs, opened=False, settle_count=1)
-        self.gate(eid, obs, opened=True)
-        self.t(eid, "gated", "waking", "gate_open")
-        self.t(eid, "waking", "active", "woken")
-
-    def release(self, eid: str) -> None:
-        self.t(eid, "active", "releasing", "release")
-        self.t(eid, "releasing", "slept", "released")
-
-    def finish(self, status: str = "ok") -> None:
-        self.add(RunFinished, status=status)
-
-    def write(self, path: Path) -> Path:
-        return write_events(path, self.events)
-
-
-def incident_log(*, with_gate_decision: bool) -> LogBuilder:
-    """The real incident: release said offloaded but 29 GB was still used; the trainer woke.
-
-    The engine's release call returned 200 and the log moved it to slept, but the engine had
-    started without its memory saver: 29 GiB stayed on GPU 0. The trainer's wake went ahead:
-    either with no gate at all (the old "sleep 3 s and go" fallback) or through a gate that
-    logged the 29 GiB and opened anyway.
-    """
-    b = LogBuilder(threshold=7 * GIB, settle=2)
-    b.engine("p1-infer", [0], "active")
-    b.engine("p1-train", [0], "slept", role="trainer")
-    b.t("p1-infer", "active", "releasing", "release")
-    b.add(
-        AdapterCallFinished,
-        engine_id="p1-infer",
-        gpus=b.engines["p1-infer"],
-        call="release_memory",
-        elapsed_s=0.2,
-        detail="HTTP 200",
-    )
-    b.t("p1-infer", "releasing", "slept", "released", reason="release returned 200")
-    b.sample(0, 29 * GIB)
-    b.add(
-        AttributionReport,
-        engine_id="p1-infer",
-        gpus=b.engines["p1-infer"],
-        used_bytes=(29 * GIB,),
-        engine_resident_bytes=(int(28.4 * GIB),),
-        unattributed_bytes=(int(0.6 * GIB),),
-        context="after_release",
-    )
-    b.t("p1-train", "slept", "gated", "request_wake")
-    if with_gate_decision:
-        b.gate("p1-train", [29 * GIB], opened=True)
-    b.t("p1-train", "gated", "waking", "gate_open")
-    b.t("p1-train", "waking", "active", "woken")
-    b.finish()
-    return b
