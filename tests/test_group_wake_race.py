@@ -14,10 +14,9 @@ import anyio
 import pytest
 
 from offload_fsm.core.errors import GateTimeout
-from offload_fsm.core.lifecycle import State
+from offload_fsm.core.lifecycle import OCCUPYING_STATES, State
 from offload_fsm.events.bus import EventBus, Recorder
 from offload_fsm.events.kinds import Event, GateDecision, Transition
-from offload_fsm.gates.gpu_sharing import OCCUPYING
 from offload_fsm.orchestrator.orchestrator import EngineSpec, Orchestrator, OrchestratorConfig
 from offload_fsm.probe.base import GIB
 from offload_fsm.settings import GatePolicy
@@ -98,7 +97,7 @@ async def test_no_wake_opens_on_a_gpu_while_a_group_emits_its_decisions(inject_a
 
         recorder.wake_competitor = lambda: tg.start_soon(competing_wake)
         await orch.wake_many(["a1", "a2"])
-        both = {orch.state("a1"), orch.state("b")} <= OCCUPYING
+        both = {orch.state("a1"), orch.state("b")} <= OCCUPYING_STATES
         assert not both, f"a1 {orch.state('a1')} and b {orch.state('b')} awake on one GPU"
         await clock.sleep(10.0)  # b's wake ends: refused at its deadline (a1 is awake)
         bus.close()
