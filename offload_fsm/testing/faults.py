@@ -34,17 +34,13 @@ moment of injection (1 = the next one); without it every such call faults.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from offload_fsm.core.errors import ConfigError
 from offload_fsm.drivers.sim_world import parse_fail
 from offload_fsm.settings import gib_to_bytes, parse_positive_gib, parse_positive_int
 from offload_fsm.sim.fake_backend import Fault as ProbeFault
 from offload_fsm.sim.sim_model import ENGINE_CALLS, FaultKind, FaultPlan
 from offload_fsm.testing.trainers import TRAINER_FAULTS
-
-if TYPE_CHECKING:
-    from offload_fsm.testing.world import World
+from offload_fsm.testing.world_view import WorldView
 
 # name -> (the simulator's fault kind, the call it implies or None)
 ENGINE_FAULTS: dict[str, tuple[FaultKind, str | None]] = {
@@ -64,7 +60,7 @@ COTENANT_PID = 31337  # the demo's co-tenant pid (drivers/sim_world.py)
 
 
 def inject(
-    world: World,
+    world: WorldView,
     fault: str,
     *,
     engine: str | None = None,
@@ -105,14 +101,14 @@ def inject(
         raise ConfigError("fault", fault, f"one of {list(FAULTS)}")
 
 
-def fail(world: World, spec: str) -> None:
+def fail(world: WorldView, spec: str) -> None:
     """The demo's ``--fail ENGINE:CALL[:N]``: an engine error at that call."""
     engine, call, nth = parse_fail(spec)
     _engine_fault(world, engine, call, FaultKind.ERROR, nth, None, 0.5)
 
 
 def _engine_fault(
-    world: World,
+    world: WorldView,
     engine: str | None,
     call: str,
     kind: FaultKind,
@@ -142,7 +138,7 @@ def _engine_fault(
     plan.on(call, kind, nth=at, delay_s=delay_s, keep_fraction=keep_fraction)
 
 
-def _nvml(world: World, poll: int, error: str) -> None:
+def _nvml(world: WorldView, poll: int, error: str) -> None:
     at = world.probe.rounds + parse_positive_int("poll", poll)
     if error in ("Timeout", "Unknown Error", "Insufficient Size"):
         world.probe.inject(at, ProbeFault.transient(error))

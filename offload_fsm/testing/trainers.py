@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
@@ -39,9 +39,7 @@ from offload_fsm.probe.base import GIB, GpuDevice
 from offload_fsm.sim.sim_model import Fault, FaultKind, FaultPlan
 from offload_fsm.testing.hooks import call_inline
 from offload_fsm.testing.log import DOUBLE_RESUME, GATE_SKIPPED, UNMANAGED_OFFLOAD, RuleBroken
-
-if TYPE_CHECKING:
-    from offload_fsm.testing.world import World
+from offload_fsm.testing.world_view import WorldView
 
 UserHook = Callable[..., Any]
 TRAINER_FAULTS = frozenset(
@@ -83,7 +81,7 @@ class WatchedTrainer:
 
     def __init__(
         self,
-        world: World,
+        world: WorldView,
         engine_id: str,
         devices: tuple[GpuDevice, ...],
         *,

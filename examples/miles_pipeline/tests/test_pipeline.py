@@ -2,13 +2,10 @@
 resume and a skipped gate."""
 
 import pytest
-from miles_pipeline import Pipeline
 
-from offload_fsm.testing import (
-    assert_no_wake_over_threshold,
-    assert_replays_clean,
-    assert_transitions,
-)
+from miles_pipeline import Pipeline
+from offload_fsm.testing import assert_no_wake_over_threshold, assert_replays_clean
+from offload_fsm.testing import assert_transitions
 
 
 async def run_step(world, pipeline_cls=Pipeline):
