@@ -2,7 +2,9 @@
 
 Each command module has ``register(subparsers)`` that adds its parser and sets ``run``
 (``args -> exit code``). User errors (any :class:`OffloadFsmError`) print one line naming the
-input, with no traceback, and exit 2 unless the command chose another code.
+input, with no traceback, and exit 2 unless the command chose another code (also when a task
+group wrapped the error). Files are written under one rule (offload_fsm.safe_output) and
+numbers checked by one validator (offload_fsm.limits).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from offload_fsm import __version__
-from offload_fsm.errors import OffloadFsmError
+from offload_fsm.errors import OffloadFsmError, first_error
 
 COMMAND_MODULES = ("demo", "probe", "doctor", "gate", "replay", "trace", "plot")
 
@@ -37,10 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.run(args)
-    except OffloadFsmError as exc:
-        print(f"offload-fsm {args.command}: error: {exc}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", EXIT_USER_ERROR))
     except KeyboardInterrupt:
         print(f"offload-fsm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # An OffloadFsmError, also when a task group wrapped it in an exception group.
+        err = first_error(exc, OffloadFsmError)
+        if err is None:
+            raise
+        print(f"offload-fsm {args.command}: error: {err}", file=sys.stderr)
+        return int(getattr(err, "exit_code", EXIT_USER_ERROR))
     return code

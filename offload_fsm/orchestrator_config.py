@@ -11,6 +11,7 @@ from offload_fsm.config import (
     gib_to_bytes,
 )
 from offload_fsm.errors import ConfigError
+from offload_fsm.limits import check_threshold_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +39,7 @@ class OrchestratorConfig:
     share_probe_rounds: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.threshold_bytes <= 0:
-            raise ConfigError("threshold_bytes", self.threshold_bytes, "a positive byte count")
+        check_threshold_bytes("threshold_bytes", self.threshold_bytes, self.threshold_bytes)
         for name in ("release_unmeasured", "resume_unmeasured"):
             if getattr(self, name) not in ("pass", "fail"):
                 raise ConfigError(name, getattr(self, name), "'pass' or 'fail'")
