@@ -11,6 +11,7 @@ import pytest
 
 from tests.bench import (
     bench_core,
+    bench_plot,
     bench_scale,
     bench_shared_rounds,
     compare_scale,
@@ -104,3 +105,13 @@ def test_compare_scale_prints_a_ratio_per_pair_and_refuses_a_tree_that_is_not_on
     with pytest.raises(SystemExit):
         compare_scale.main([str(tmp_path)])
     assert "not a checkout of this project" in capsys.readouterr().err
+
+
+def test_plot_bench_prints_run_and_plot_side_by_side(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    assert bench_plot.main(["--gpus", "4", "--timeout", "120"]) == 0
+    out = capsys.readouterr().out
+    assert "a plot process's floor" in out
+    assert re.search(
+        r"^\s+4\s+1\s+\d+\s+[\d.]+ s\s+\d+ MiB\s+[\d.]+ s\s+\d+ MiB\s+[\d.]+$", out, re.M
+    ), out

@@ -40,6 +40,7 @@ opts = run_options(args, dual_topology(gpus, os.environ), "bench_plot")
 outcome = anyio.run(run_simulated, opts)
 print(outcome.events)
 """
+FLOOR = "import offload_fsm.plot as p; p._matplotlib(); import numpy"
 GENERATE = """
 import sys
 from tests.replay_fixtures import SimConfig, write_sim_log
@@ -52,24 +53,24 @@ with open(sys.argv[1], "rb") as f:
 def measure(argv: list[str], code_root: Path, timeout: float) -> tuple[float | None, float, str]:
     """(wall seconds or None past the timeout, peak RSS MiB, stdout) of one process."""
     env = {**os.environ, "PYTHONPATH": str(code_root)}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        argv, cwd=code_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    deadline = t0 + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() > deadline:
-            proc.kill()
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = -9
-            return None, usage.ru_maxrss / 1024, ""
-        time.sleep(0.02)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    out = proc.stdout.read().decode() if proc.stdout else ""
+    with tempfile.TemporaryFile() as sink:  # not a pipe: a chatty child never blocks
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=code_root, env=env, stdout=sink, stderr=sink)
+        deadline = t0 + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                _, status, usage = os.wait4(proc.pid, 0)
+                proc.returncode = -9
+                return None, usage.ru_maxrss / 1024, ""
+            time.sleep(0.02)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        sink.seek(0)
+        out = sink.read().decode(errors="replace")
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{out}")
     return wall, usage.ru_maxrss / 1024, out
@@ -97,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     head += f"{'plot':>22}  {'plot/run':>8}"
     if old is not None:
         head += f"  {'plot, old code':>22}"
+    floor, floor_rss, _ = measure([py, "-c", FLOOR], ROOT, a.timeout)
+    what = "a plot process's floor (interpreter, offload_fsm, matplotlib):"
+    print(f"{what} {fmt(floor, floor_rss, a.timeout)}")
     print(head)
     with tempfile.TemporaryDirectory(prefix="bench_plot-") as tmp:
         for gpus, steps in rows:

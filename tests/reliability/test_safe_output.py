@@ -303,19 +303,24 @@ def test_demo_on_a_read_only_filesystem_is_one_line(
     assert "read-only (EROFS)" in err and str(tmp_path / "runs") in err
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
 def test_dev_full_is_refused_not_replaced(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Was: ``trace -o /dev/full`` renamed a regular file over the device; ``plot`` wrote
-    ``/dev/full.png``."""
+    ``/dev/full.png``. Tried on a private node like /dev/full (char 1:7), so that a
+    regression cannot replace the machine's own device."""
+    full = tmp_path / "full"
+    try:
+        os.mknod(full, stat.S_IFCHR | 0o666, os.makedev(1, 7))
+    except OSError:
+        pytest.skip("cannot make a device node here")
     log = tmp_path / "run.jsonl"
     write_log(log)
     for writer in WRITERS:
         for force in (False, True):
-            assert cli.main(writer.argv(str(log), "/dev/full", force)) == 2
+            assert cli.main(writer.argv(str(log), str(full), force)) == 2
             err = capsys.readouterr().err
             _one_line(err)
             assert "not a device" in err
-    assert Path("/dev/full").is_char_device()
-    assert not Path("/dev/full.png").exists()
+    assert full.is_char_device()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "run.jsonl"]
