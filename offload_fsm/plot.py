@@ -12,7 +12,8 @@ series keeps at most ``POINT_BUDGET / GPUs`` points (at least ``MIN_LANE_POINTS`
 fills up it is halved, each pair of buckets keeping its peak. An engine's state spans are
 capped the same way (``SPAN_BUDGET``): past the cap, spans are merged into time buckets that
 show the state the engine spent most of the bucket in (``failed`` wins any bucket it touches).
-Markers (gate openings, timeouts) and phase lines are thinned to ``MAX_MARKERS`` each.
+Markers (gate openings, timeouts) and phase lines are thinned to ``MAX_MARKERS`` each, and
+a strip draws at most ``MAX_SPANS_DRAWN`` spans (merged the same way).
 More than ``MAX_LANES`` GPUs are drawn as an overview instead of one lane per GPU: a heat map
 of used memory (GPUs x time buckets, each bucket's peak) above a heat map of engine states
 (engines x time buckets, each bucket's dominant state), on a page of fixed size.
@@ -41,11 +42,12 @@ STATE_COLORS: dict[str, str] = {
 }
 MAX_STEP_LABELS = 40  # more steps than this: phase lines only
 MAX_POINTS = 8000  # memory points per GPU lane drawn; longer series keep each bucket's peak
-POINT_BUDGET = 1_000_000  # memory points kept over all lanes while streaming the log
-MIN_LANE_POINTS = 512
-SPAN_BUDGET = 400_000  # state spans kept over all engines
+POINT_BUDGET = 100_000  # memory points kept over all lanes while streaming the log
+MIN_LANE_POINTS = 1024
+SPAN_BUDGET = 40_000  # state spans kept over all engines while streaming
 MIN_ENGINE_SPANS = 256
-MAX_MARKERS = 50_000  # gate openings, timeouts, phase lines: thinned past this
+MAX_SPANS_DRAWN = 3000  # per engine strip (~2 per pixel column of the page): merged past it
+MAX_MARKERS = 4_000  # gate openings, timeouts, phase lines each: thinned past this
 MAX_LANES = 24  # more GPUs: the overview (heat maps) instead of a lane per GPU
 OVERVIEW_BUCKETS = 1200  # time buckets of the overview
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
@@ -303,7 +305,10 @@ def render_timeline(
         for row, eng in enumerate(engines):
             y = len(engines) - 1 - row
             by_state: dict[str, list[tuple[float, float]]] = {}
-            for state, start, stop in data.spans.get(eng.engine_id, ()):
+            spans = data.spans.get(eng.engine_id, [])
+            if len(spans) > MAX_SPANS_DRAWN:
+                spans = _merge_spans(spans, MAX_SPANS_DRAWN)
+            for state, start, stop in spans:
                 by_state.setdefault(state, []).append((start - t0, max(stop - start, 1e-9)))
             for state, ranges in by_state.items():  # one collection per state: fast to draw
                 st_ax.broken_barh(

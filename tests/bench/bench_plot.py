@@ -8,7 +8,7 @@ fresh interpreter, then ``offload-fsm plot`` of its log in another; each process
 time and peak RSS (``wait4``'s ``ru_maxrss``) are printed. ``--old CHECKOUT`` plots the same
 logs with another checkout's code as well (e.g. ``git worktree add /tmp/old20 6703bea``: the
 code before the plot streamed and capped its lanes); a plot that runs past ``--timeout`` is
-killed and shown as ``>T``. ``--events N`` adds a row for a long generated log of about N
+killed and shown as ``>T``. ``--events N[,N]`` adds a row for a long generated log of about N
 events (tests/replay_fixtures.py, 4 GPUs, as bench_replay writes them; its "run" column is
 the time to generate it): ``--events 2000000`` is the bounded-memory case.
 Figures: docs/performance.md.
@@ -87,11 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", default="1", help="pipeline steps of each run (1)")
     ap.add_argument("--timeout", type=float, default=300.0, help="kill a plot after (300 s)")
     ap.add_argument("--old", metavar="CHECKOUT", help="also plot with this checkout's code")
-    ap.add_argument("--events", metavar="N", type=int, help="add a generated log of ~N events")
+    ap.add_argument("--events", metavar="N[,N]", help="add generated logs of ~N events")
     a = ap.parse_args(argv)
     rows = [(int(g), a.steps) for g in a.gpus.split(",") if g]
-    if a.events:
-        rows.append((4, f"~{a.events}"))
+    rows += [(4, f"~{int(n)}") for n in (a.events or "").split(",") if n]
     old = Path(a.old).resolve() if a.old else None
     py = sys.executable
     head = f"{'GPUs':>5} {'steps':>6} {'events':>9}  {'run (wall, peak RSS)':>22}  "
