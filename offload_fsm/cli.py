@@ -13,6 +13,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from offload_fsm import __version__
 from offload_fsm.errors import OffloadFsmError, first_error
@@ -22,8 +23,16 @@ COMMAND_MODULES = ("demo", "probe", "doctor", "gate", "replay", "trace", "plot")
 EXIT_USER_ERROR = 2
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's usage errors as one line (the command, the problem, where help is), exit 2:
+    like every other failure of the CLI. Subcommand parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="offload-fsm",
         description="Safe, observable GPU time-sharing for RL post-training.",
     )

@@ -157,3 +157,23 @@ def test_until_zero_draws_an_empty_timeline(
         assert cli.main(["plot", str(log), "-o", str(png), "--until", until]) == 0
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["trace", "run.jsonl"],  # -o missing
+        ["plot"],  # the log missing
+        ["nosuch"],
+        ["demo", "--engines", "gpu"],
+        ["replay", "run.jsonl", "--no-such-flag"],
+    ],
+)
+def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    """argparse's own errors (a missing argument, an unknown command or choice) are one line
+    too, naming the command and where its help is; was: the usage block and the error."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.count("\n") == 1 and "usage:" not in err and "--help" in err, err
