@@ -173,8 +173,10 @@ def atomic_output(name: str, path: Path) -> Iterator[BinaryIO]:
     text = os.fspath(path)
     tmp = os.path.join(os.path.dirname(text) or ".", f".{os.path.basename(text)}.{os.getpid()}.tmp")
     fd = -1
+    created = False  # only our own temporary file is ever removed
     try:
         fd = _open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        created = True
         sink = _Sink(fd)
         yield cast(BinaryIO, sink)
         sink.flush()
@@ -184,12 +186,13 @@ def atomic_output(name: str, path: Path) -> Iterator[BinaryIO]:
         if st is not None and _kind(st.st_mode) is not None:
             raise OutputError(name, text, f"a regular file, not {_kind(st.st_mode)}")
         _replace(tmp, text)
+        created = False
     except OSError as exc:
         raise OutputError(name, text, f"a writable path ({os_reason(exc)})") from exc
     finally:
         if fd >= 0:
             os.close(fd)
-        if os.path.lexists(tmp):
+        if created and os.path.lexists(tmp):
             os.unlink(tmp)
 
 
