@@ -8,12 +8,19 @@ what is accepted; nothing silently falls back to a default once a value was give
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from offload_fsm.core.errors import ConfigError
+from offload_fsm.core.limits import (
+    MAX_GIB,
+    MAX_ROUNDS,
+    MAX_SECONDS,
+    MAX_SETTLE,
+    check_number,
+    check_threshold_bytes,
+)
 from offload_fsm.probe.base import GIB, GpuDevice
 
 THRESHOLD_ENV = "MILES_MAX_RESIDUAL_GPU_MEM_GB"
@@ -29,23 +36,21 @@ DEFAULT_RELEASE_MARGIN_GIB = 2.25
 
 
 def parse_positive_gib(name: str, raw: str | float) -> float:
-    """A positive, finite number of GiB. ``name`` is what the user set (env var or flag)."""
-    accepted = "a positive, finite number of GiB (e.g. 8 or 7.5)"
-    if isinstance(raw, str):
-        text = raw.strip()
-        if not text:
-            raise ConfigError(name, raw, accepted)
-        try:
-            value = float(text)
-        except ValueError:
-            raise ConfigError(name, raw, accepted) from None
-    else:
-        value = float(raw)
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(name, raw, accepted)
-    if value > 1 << 20:  # a 1 PiB GPU does not exist: almost surely bytes or MiB were meant
-        raise ConfigError(name, raw, f"{accepted}; {value:g} GiB is not a GPU size")
-    return value
+    """A positive, finite number of GiB, at most 1 PiB. ``name`` is what the user set."""
+    return check_number(
+        name,
+        raw,
+        minimum=0.0,
+        exclusive_minimum=True,
+        maximum=MAX_GIB,
+        what="a positive, finite number of GiB (e.g. 8 or 7.5)",
+    )
+
+
+def parse_threshold_gib(name: str, raw: str | float) -> int:
+    """A wake threshold given in GiB, as bytes: the limits ``demo``, ``gate`` and ``replay``
+    share (:func:`offload_fsm.core.limits.check_threshold_bytes`)."""
+    return check_threshold_bytes(name, raw, gib_to_bytes(parse_positive_gib(name, raw)))
 
 
 def gib_to_bytes(gib: float) -> int:
@@ -56,7 +61,7 @@ def threshold_from_env(env: Mapping[str, str] | None = None) -> tuple[int, str]:
     """(threshold bytes, where it came from). Unset -> the documented default."""
     env = os.environ if env is None else env
     if THRESHOLD_ENV in env:
-        return gib_to_bytes(parse_positive_gib(THRESHOLD_ENV, env[THRESHOLD_ENV])), THRESHOLD_ENV
+        return parse_threshold_gib(THRESHOLD_ENV, env[THRESHOLD_ENV]), THRESHOLD_ENV
     return gib_to_bytes(DEFAULT_THRESHOLD_GIB), "default"
 
 
@@ -76,24 +81,21 @@ def check_threshold_fits(
             )
 
 
-def parse_positive_int(name: str, raw: str | int, *, minimum: int = 1) -> int:
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(name, raw, f"an integer >= {minimum}") from None
-    if isinstance(raw, float) or value < minimum:
-        raise ConfigError(name, raw, f"an integer >= {minimum}")
-    return value
+def parse_positive_int(
+    name: str, raw: str | int, *, minimum: int = 1, maximum: int = MAX_ROUNDS
+) -> int:
+    return int(check_number(name, raw, minimum=minimum, maximum=maximum, integer=True))
 
 
-def parse_positive_seconds(name: str, raw: str | float) -> float:
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(name, raw, "a positive number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(name, raw, "a positive number of seconds")
-    return value
+def parse_positive_seconds(name: str, raw: str | float, *, maximum: float = MAX_SECONDS) -> float:
+    return check_number(
+        name,
+        raw,
+        minimum=0.0,
+        exclusive_minimum=True,
+        maximum=maximum,
+        what="a positive number of seconds",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +113,7 @@ class GatePolicy:
     heartbeat_s: float = 1.0  # a progress decision event at least this often while waiting
 
     def __post_init__(self) -> None:
-        parse_positive_int("settle_samples", self.settle_samples)
+        parse_positive_int("settle_samples", self.settle_samples, maximum=MAX_SETTLE)
         for name in (
             "deadline_s",
             "poll_min_s",
@@ -152,8 +154,7 @@ class OrchestratorConfig:
     share_probe_rounds: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.threshold_bytes <= 0:
-            raise ConfigError("threshold_bytes", self.threshold_bytes, "a positive byte count")
+        check_threshold_bytes("threshold_bytes", self.threshold_bytes, self.threshold_bytes)
         for name in ("release_unmeasured", "resume_unmeasured"):
             if getattr(self, name) not in ("pass", "fail"):
                 raise ConfigError(name, getattr(self, name), "'pass' or 'fail'")

@@ -12,6 +12,7 @@ from offload_fsm.timing.idle import run as run_virtual
 from tests.bench import (
     bench_core,
     bench_overhead,
+    bench_plot,
     bench_scale,
     bench_shared_rounds,
     compare_scale,
@@ -138,3 +139,13 @@ def test_compare_scale_prints_the_overhead_of_both_trees_side_by_side(
     assert float(row[5]) == pytest.approx(this / other, abs=0.01)
     with pytest.raises(SystemExit):
         compare_scale.main([here, "--overhead", "--engines", "0"])
+
+
+def test_plot_bench_prints_run_and_plot_side_by_side(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    assert bench_plot.main(["--gpus", "4", "--timeout", "120"]) == 0
+    out = capsys.readouterr().out
+    assert "a plot process's floor" in out
+    assert re.search(
+        r"^\s+4\s+1\s+\d+\s+[\d.]+ s\s+\d+ MiB\s+[\d.]+ s\s+\d+ MiB\s+[\d.]+$", out, re.M
+    ), out

@@ -10,9 +10,11 @@ drops and a co-tenant visits a shared GPU.
 4+ GPUs run the dual topology; fewer run one pipeline whose trainer shares GPU 0.
 
 Writes the event log, prints live progress, then the replayed summary (and a timeline PNG
-with the plot extra). Exit 0 when the run succeeded and its log replays clean; SIGINT,
-SIGTERM or SIGHUP cancel the step in progress, end the log with ``run_finished``
-(``cancelled``, the signal named) and exit 128 + the signal (130, 143, 129).
+with the plot extra). Exit 0 when the run succeeded and its log replays clean, 1 when it
+failed (an engine, a gate, or its event log could not be written: a full or read-only disk),
+2 for bad input (nothing is written then); SIGINT, SIGTERM or SIGHUP cancel the step in
+progress, end the log with ``run_finished`` (``cancelled``, the signal named) and exit
+128 + the signal (130, 143, 129).
 """
 
 from __future__ import annotations
@@ -20,15 +22,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import anyio
 
 from offload_fsm.commands import add_command
+from offload_fsm.core.errors import ConfigError, EventLogError, first_error
+from offload_fsm.core.limits import MAX_SIM_GPUS
+from offload_fsm.core.safe_output import check_output
 from offload_fsm.drivers.cli_options import add_run_arguments, run_options
 from offload_fsm.drivers.report import print_report
 from offload_fsm.drivers.runner import RunOutcome, run_simulated, run_standin
 from offload_fsm.drivers.topology import dual_topology
+from offload_fsm.events.eventlog import log_path
 from offload_fsm.probe.select import BACKEND_NAMES
 from offload_fsm.settings import parse_positive_gib, parse_positive_int
 from offload_fsm.timing.idle import run as run_virtual
@@ -66,17 +73,45 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     outcome: RunOutcome
-    if args.engines == "sim":
-        if args.backend not in (None, "fake"):
-            from offload_fsm.core.errors import ConfigError
-
-            raise ConfigError("--backend", args.backend, "fake with --engines sim")
-        gpu_count = parse_positive_int("--gpus", args.gpus)
-        opts = run_options(args, dual_topology(gpu_count, os.environ), "offload-fsm demo")
-        outcome = run_virtual(run_simulated, opts)  # virtual time
-    else:
-        outcome = anyio.run(_torch, args)
+    try:
+        if args.engines == "sim":
+            if args.backend not in (None, "fake"):
+                raise ConfigError("--backend", args.backend, "fake with --engines sim")
+            gpu_count = parse_positive_int("--gpus", args.gpus, maximum=MAX_SIM_GPUS)
+            opts = run_options(args, dual_topology(gpu_count, os.environ), "offload-fsm demo")
+            check_run_outputs(opts.out_dir, opts.run_id)
+            outcome = run_virtual(run_simulated, opts)  # virtual time
+        else:
+            outcome = anyio.run(_torch, args)
+    except Exception as exc:
+        # The run's own log could not be written (a full or read-only disk): the run was
+        # stopped; one line, exit 1 (a failed run), no traceback from the task group.
+        err = first_error(exc, EventLogError)
+        if err is None:
+            raise
+        print(
+            f"offload-fsm demo: error: {err}; the run was stopped (the log holds what was "
+            "written before)",
+            file=sys.stderr,
+        )
+        return 1
     return print_report(outcome, sys.stdout)
+
+
+def check_run_outputs(out_dir: Path, run_id: str | None) -> None:
+    """Before anything is written: the log and picture of a named run must be new files
+    (offload_fsm.core.safe_output; logs are never reused). A generated run id is always new."""
+    if run_id is None:
+        return
+    log = log_path(out_dir, run_id)
+    for path, suffix in ((log, ".jsonl"), (log.with_suffix(".png"), ".png")):
+        if os.path.lexists(path):
+            check_output(
+                "--run-id",
+                path,
+                suffixes=(suffix,),
+                exists_hint="one log and picture per run; pick another --run-id",
+            )
 
 
 async def _torch(args: argparse.Namespace) -> RunOutcome:

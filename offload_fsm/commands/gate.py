@@ -26,6 +26,7 @@ from offload_fsm.core.errors import (
     GateTimeout,
     GateUnmeasurable,
 )
+from offload_fsm.core.limits import MAX_SETTLE
 from offload_fsm.gates.conditions import WakeCondition, gib
 from offload_fsm.gates.gate import GateContext, Verdict, run_gate
 from offload_fsm.probe.attribution import attribute
@@ -39,10 +40,9 @@ from offload_fsm.settings import (
     THRESHOLD_ENV,
     GatePolicy,
     check_threshold_fits,
-    gib_to_bytes,
-    parse_positive_gib,
     parse_positive_int,
     parse_positive_seconds,
+    parse_threshold_gib,
     threshold_from_env,
 )
 from offload_fsm.timing.clock import RealClock
@@ -111,10 +111,10 @@ async def gate_command(
         threshold, source = threshold_from_env(os.environ)
         name, raw = source, os.environ.get(source, f"{DEFAULT_THRESHOLD_GIB:g}")
     else:
-        threshold, source = gib_to_bytes(parse_positive_gib("--threshold", args.threshold)), "flag"
+        threshold, source = parse_threshold_gib("--threshold", args.threshold), "flag"
         name, raw = "--threshold", args.threshold
     policy = GatePolicy(
-        settle_samples=parse_positive_int("--settle", args.settle),
+        settle_samples=parse_positive_int("--settle", args.settle, maximum=MAX_SETTLE),
         deadline_s=parse_positive_seconds("--timeout", args.timeout),
         fail_open=args.fail_open,
         poll_max_s=0.5 if backend.name == "smi" else GatePolicy().poll_max_s,

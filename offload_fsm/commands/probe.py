@@ -20,12 +20,14 @@ import anyio
 
 from offload_fsm.commands import add_command, add_engine_pid_argument
 from offload_fsm.core.errors import ConfigError
+from offload_fsm.core.limits import MAX_ROUNDS, MAX_WATCH_SECONDS
 from offload_fsm.probe.attribution import attribute
 from offload_fsm.probe.base import GIB, GpuDevice, ProbeBackend
 from offload_fsm.probe.devices import resolve_devices
 from offload_fsm.probe.processes import ProcessTable, detect_pid_namespace
 from offload_fsm.probe.retry import RetryingProbe
 from offload_fsm.probe.select import BACKEND_NAMES, open_backend
+from offload_fsm.settings import parse_positive_int, parse_positive_seconds
 from offload_fsm.sim.fake_devices import make_devices
 from offload_fsm.sim.fake_gpus import FakeGpus
 
@@ -58,12 +60,11 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--watch",
         metavar="SECONDS",
-        type=float,
         nargs="?",
-        const=1.0,
+        const="1",
         help="probe again every SECONDS (default 1) until interrupted",
     )
-    p.add_argument("--count", type=int, help="with --watch: stop after this many rounds")
+    p.add_argument("--count", help="with --watch: stop after this many rounds")
     p.add_argument("--smi", default="nvidia-smi", help="the nvidia-smi executable to use")
     p.add_argument("--proc-root", default="/proc", help=argparse.SUPPRESS)
     p.set_defaults(run=run)
@@ -99,10 +100,10 @@ def fake_scene() -> FakeGpus:
 
 def run(args: argparse.Namespace) -> int:
     engines = parse_engine_pids(args.engine_pid)
-    if args.watch is not None and not args.watch > 0:
-        raise ConfigError("--watch", args.watch, "a positive number of seconds")
-    if args.count is not None and args.count < 1:
-        raise ConfigError("--count", args.count, "a positive number of rounds")
+    if args.watch is not None:
+        args.watch = parse_positive_seconds("--watch", args.watch, maximum=MAX_WATCH_SECONDS)
+    if args.count is not None:
+        args.count = parse_positive_int("--count", args.count, maximum=MAX_ROUNDS)
     return anyio.run(_probe, args, engines)
 
 

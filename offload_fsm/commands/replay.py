@@ -11,7 +11,13 @@ import argparse
 import sys
 from typing import Any
 
-from offload_fsm.commands import add_command, add_log_argument
+from offload_fsm.commands import (
+    add_command,
+    add_force_argument,
+    add_log_argument,
+    add_until_argument,
+    parse_until,
+)
 from offload_fsm.core.errors import ConfigError, OffloadFsmError
 from offload_fsm.core.redact import redact
 from offload_fsm.replay import ReplayResult, replay_path
@@ -36,36 +42,36 @@ def register(sub: Any) -> None:
     )
     add_log_argument(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument(
-        "--until",
-        metavar="SEQ",
-        type=_seq,
-        help="stop after the event with this sequence number and show every engine's state",
+    add_until_argument(
+        p, help="stop after the event with this sequence number and show every engine's state"
     )
     p.add_argument("--engine", metavar="ID", help="show only this engine, with its transitions")
     p.add_argument(
         "--metrics-out",
         metavar="FILE",
-        help="also write Prometheus metrics of the run to FILE (needs the metrics extra)",
+        help="also write Prometheus metrics of the run to FILE, .prom or .txt (needs the "
+        "metrics extra)",
     )
+    add_force_argument(p)
     p.set_defaults(run=run)
 
 
-def _seq(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"--until={text!r}: expected a sequence number >= 0")
-    return value
-
-
 def run(args: argparse.Namespace) -> int:
+    args.until = parse_until(args.until)
     observers: list[Any] = []
     metrics = None
-    if args.metrics_out:
-        from offload_fsm.replay.metrics import EventMetrics
+    metrics_path = None
+    if args.metrics_out is not None:
+        from offload_fsm.core.safe_output import check_output
+        from offload_fsm.replay.metrics import METRICS_SUFFIXES, EventMetrics
+
+        metrics_path = check_output(
+            "--metrics-out",
+            args.metrics_out,
+            suffixes=METRICS_SUFFIXES,
+            inputs=(args.log,),
+            force=args.force,
+        )
 
         metrics = EventMetrics()
         observers.append(metrics)
@@ -79,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
     if args.engine is not None and args.engine not in result.engines:
         known = ", ".join(result.engines) or "none"
         raise ConfigError("--engine", args.engine, f"an engine of this run ({known})")
-    if metrics is not None:
-        metrics.write(args.metrics_out)
+    if metrics is not None and metrics_path is not None:
+        metrics.write(metrics_path)
     _print(result, args)
     return EXIT_VIOLATIONS if result.violation_count else EXIT_CLEAN
 

@@ -151,3 +151,24 @@ class MissingExtra(OffloadFsmError):
         super().__init__(
             f"{feature} needs {module}, which is not installed: pip install 'offload-fsm[{extra}]'"
         )
+
+
+def first_error(
+    exc: BaseException, types: type[BaseException] | tuple[type[BaseException], ...]
+) -> BaseException | None:
+    """``exc`` itself, or the first exception of ``types`` inside it (exception groups from
+    task groups, ``__cause__``/``__context__`` chains); None when there is none."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, types):
+            return e
+        stack.extend(getattr(e, "exceptions", ()))
+        for linked in (e.__cause__, e.__context__):
+            if linked is not None:
+                stack.append(linked)
+    return None

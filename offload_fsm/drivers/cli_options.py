@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from offload_fsm.core.errors import ConfigError
+from offload_fsm.core.limits import MAX_SEED, MAX_SETTLE, MAX_SIM_GPUS, MAX_STEPS
 from offload_fsm.drivers.runner import RunOptions
 from offload_fsm.drivers.sim_world import SimOptions
 from offload_fsm.drivers.topology import PipelineTopology
@@ -19,6 +20,7 @@ from offload_fsm.settings import (
     parse_positive_gib,
     parse_positive_int,
     parse_positive_seconds,
+    parse_threshold_gib,
     threshold_from_env,
 )
 
@@ -70,10 +72,10 @@ def run_options(
         return flag if flag is not None else config.get(key, default)
 
     if args.threshold is not None:
-        threshold = gib_to_bytes(parse_positive_gib("--threshold", args.threshold))
+        threshold = parse_threshold_gib("--threshold", args.threshold)
         name, raw = "--threshold", args.threshold
     elif "threshold_gib" in config:
-        threshold = gib_to_bytes(parse_positive_gib("threshold_gib", config["threshold_gib"]))
+        threshold = parse_threshold_gib("threshold_gib", config["threshold_gib"])
         name, raw = "threshold_gib", config["threshold_gib"]
     else:
         threshold, name = threshold_from_env(os.environ)
@@ -89,18 +91,20 @@ def run_options(
                 f"a threshold below the simulated {args.gpu_gib} GiB GPUs (--gpu-gib); one "
                 "the GPU cannot exceed turns the wake gate off",
             )
+    if not str(args.out).strip():  # Path("") is the working directory: never implied
+        raise ConfigError("--out", args.out, "a directory for the run's log (e.g. runs)")
     share = float(args.late_release_share) if _is_float(args.late_release_share) else -1.0
     if not 0.0 <= share <= 1.0:
         raise ConfigError("--late-release-share", args.late_release_share, "a number in [0, 1]")
     return RunOptions(
         topologies=topologies,
         threshold_bytes=threshold,
-        steps=parse_positive_int("--steps", pick(args.steps, "steps", 5)),  # type: ignore[arg-type]
+        steps=parse_positive_int("--steps", pick(args.steps, "steps", 5), maximum=MAX_STEPS),  # type: ignore[arg-type]
         out_dir=Path(args.out),
         run_id=args.run_id,
         rollout_s=parse_positive_seconds("--rollout", args.rollout),
         train_s=parse_positive_seconds("--train", args.train),
-        settle=parse_positive_int("--settle", pick(args.settle, "settle", 3)),  # type: ignore[arg-type]
+        settle=parse_positive_int("--settle", pick(args.settle, "settle", 3), maximum=MAX_SETTLE),  # type: ignore[arg-type]
         gate_timeout_s=parse_positive_seconds(
             "--gate-timeout",
             pick(args.gate_timeout, "gate_timeout_s", 60),  # type: ignore[arg-type]
@@ -109,9 +113,9 @@ def run_options(
         command=command,
         stop_on_signals=True,  # a command: SIGINT, SIGTERM and SIGHUP end it cleanly
         sim=SimOptions(
-            gpu_count=parse_positive_int("--gpus", args.gpus),
+            gpu_count=parse_positive_int("--gpus", args.gpus, maximum=MAX_SIM_GPUS),
             gpu_total_gib=parse_positive_gib("--gpu-gib", args.gpu_gib),
-            seed=parse_positive_int("--seed", args.seed, minimum=0),
+            seed=parse_positive_int("--seed", args.seed, minimum=0, maximum=MAX_SEED),
             late_release_share=share,
             cotenant=not args.no_cotenant,
             fail=args.fail,

@@ -30,9 +30,9 @@ def print_report(outcome: RunOutcome, out: TextIO, *, plot: bool = True) -> int:
         try:
             from offload_fsm.replay.plot import plot_log
 
-            plot_log(outcome.log_path, png)
+            plot_log(outcome.log_path, png)  # never replaces a file (safe_output)
             out.write(f"timeline:  {png}\n")
-        except OffloadFsmError as exc:  # the plot extra is not installed: say so, go on
+        except OffloadFsmError as exc:  # no plot extra, a full disk, a file there: say so
             out.write(f"timeline:  not drawn ({exc})\n")
     if outcome.error is not None:
         out.write(redact(f"error: {type(outcome.error).__name__}: {outcome.error}") + "\n")

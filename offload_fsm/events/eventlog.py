@@ -26,6 +26,7 @@ from types import TracebackType
 import anyio.to_thread
 import msgspec
 
+from offload_fsm.core import safe_output
 from offload_fsm.core.errors import ConfigError, EventDecodeError, EventLogError
 from offload_fsm.events import codec
 from offload_fsm.events.bus import SlowPolicy, Subscription
@@ -55,19 +56,9 @@ class EventLogWriter:
         self.path = Path(path)
         self.fsync = fsync
         self.written = 0  # events written so far
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
-        try:
-            self._fd: int | None = os.open(self.path, flags, 0o644)
-        except FileExistsError as exc:
-            raise ConfigError(
-                "event log",
-                str(self.path),
-                "a file that does not exist yet (one log per run; logs are never reused)",
-            ) from exc
-        except OSError as exc:
-            raise ConfigError(
-                "event log", str(self.path), f"a path a new file can be created at ({exc.strerror})"
-            ) from exc
+        # The safe-output rule (offload_fsm.core.safe_output): created exclusively, never through
+        # a symlink or onto anything that is already there.
+        self._fd: int | None = safe_output.create_new("event log", self.path)
 
     @classmethod
     def for_run(
@@ -105,7 +96,9 @@ class EventLogWriter:
             if self.fsync:
                 os.fsync(fd)
         except OSError as exc:
-            raise EventLogError(f"writing event log {self.path} failed: {exc}") from exc
+            raise EventLogError(
+                f"writing event log {self.path} failed: {safe_output.os_reason(exc)}"
+            ) from exc
         self.written += len(events)
 
     async def run(self, subscription: Subscription) -> None:

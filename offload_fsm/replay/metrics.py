@@ -23,6 +23,7 @@ from offload_fsm.events.kinds import (
 )
 from offload_fsm.replay import EngineTrack, short_gpu
 
+METRICS_SUFFIXES = (".prom", ".txt")  # Prometheus text exposition format
 GATE_WAIT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
@@ -110,9 +111,16 @@ class EventMetrics:
         data: bytes = self._prom.generate_latest(self.registry)
         return data
 
-    def write(self, path: str | os.PathLike[str]) -> None:
-        with open(path, "wb") as f:
-            f.write(self.exposition())
+    def write(self, path: str | os.PathLike[str], *, force: bool = True) -> None:
+        """Write the exposition to ``path`` under the safe-output rule (checked again here;
+        ``offload-fsm replay --metrics-out`` checks before replaying): atomic, never through
+        a symlink, onto a device, a FIFO or a directory."""
+        from offload_fsm.core.safe_output import atomic_output, check_output
+
+        target = check_output("--metrics-out", path, suffixes=METRICS_SUFFIXES, force=force)
+        data = self.exposition()
+        with atomic_output("--metrics-out", target) as f:
+            f.write(data)
 
 
-__all__ = ["GATE_WAIT_BUCKETS", "EventMetrics"]
+__all__ = ["GATE_WAIT_BUCKETS", "METRICS_SUFFIXES", "EventMetrics"]

@@ -5,16 +5,30 @@ engine on that GPU with its lifecycle states as coloured spans. Gate waits are t
 ``gated`` spans, with a marker where the gate opened (or timed out); driver phases are faint
 vertical lines; violations are red lines across the lanes of the GPUs involved, labelled
 with their rule.
+
+Bounded memory and time, whatever the log's length or the run's width (docs/performance.md):
+the log is streamed (replay observer), and what is kept is capped per lane. A GPU's memory
+series keeps at most ``POINT_BUDGET / GPUs`` points (at least ``MIN_LANE_POINTS``): when it
+fills up it is halved, each pair of buckets keeping its peak. An engine's state spans are
+capped the same way (``SPAN_BUDGET``): past the cap, spans are merged into time buckets that
+show the state the engine spent most of the bucket in (``failed`` wins any bucket it touches).
+Markers (gate openings, timeouts) and phase lines are thinned to ``MAX_MARKERS`` each, and
+a strip draws at most ``MAX_SPANS_DRAWN`` spans (merged the same way).
+More than ``MAX_LANES`` GPUs are drawn as an overview instead of one lane per GPU: a heat map
+of used memory (GPUs x time buckets, each bucket's peak) above a heat map of engine states
+(engines x time buckets, each bucket's dominant state), on a page of fixed size.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from array import array
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from offload_fsm.core.errors import MissingExtra
+from offload_fsm.core.safe_output import atomic_output, check_output
 from offload_fsm.events.kinds import Event, GateDecision, GateTimedOut, MemorySample, PhaseChanged
 from offload_fsm.replay import GIB, EngineTrack, ReplayResult, replay_path, short_gpu
 
@@ -27,7 +41,16 @@ STATE_COLORS: dict[str, str] = {
     "failed": "#d62728",
 }
 MAX_STEP_LABELS = 40  # more steps than this: phase lines only
-MAX_POINTS = 8000  # memory points per GPU lane; longer series keep each bucket's peak
+MAX_POINTS = 8000  # memory points per GPU lane drawn; longer series keep each bucket's peak
+POINT_BUDGET = 100_000  # memory points kept over all lanes while streaming the log
+MIN_LANE_POINTS = 1024
+SPAN_BUDGET = 40_000  # state spans kept over all engines while streaming
+MIN_ENGINE_SPANS = 256
+MAX_SPANS_DRAWN = 3000  # per engine strip (~2 per pixel column of the page): merged past it
+MAX_MARKERS = 4_000  # gate openings, timeouts, phase lines each: thinned past this
+MAX_LANES = 24  # more GPUs: the overview (heat maps) instead of a lane per GPU
+OVERVIEW_BUCKETS = 1200  # time buckets of the overview
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 @dataclass
@@ -56,8 +79,19 @@ class TimelineCollector:
         self.engines[eid] = engine
         prev = self._open.get(eid)
         if prev is not None:
-            self.spans.setdefault(eid, []).append((prev[0], prev[1], ts))
+            spans = self.spans.get(eid)
+            if spans is None:
+                spans = self.spans[eid] = []
+            spans.append((prev[0], prev[1], ts))
+            if len(spans) > 2 * self._span_cap():
+                self.spans[eid] = _merge_spans(spans, self._span_cap())
         self._open[eid] = (new, ts)
+
+    def _span_cap(self) -> int:
+        return max(MIN_ENGINE_SPANS, SPAN_BUDGET // max(1, len(self.engines)))
+
+    def _point_cap(self) -> int:
+        return max(MIN_LANE_POINTS, POINT_BUDGET // max(1, len(self.memory)))
 
     def event(self, line: int, event: Event) -> None:
         if self.t0 is None:
@@ -68,22 +102,75 @@ class TimelineCollector:
                     series = self.memory.get(gpu) or self.memory.setdefault(gpu, _Series())
                     series.t.append(event.ts)
                     series.used.append(event.used_bytes / GIB)
+                    if len(series.t) > 2 * self._point_cap():
+                        series.t, series.used = _halve(series.t, series.used)
         elif isinstance(event, GateDecision):
             if event.gate == "wake" and event.opened and event.engine_id:
-                self.gate_opened.append((event.engine_id, event.ts))
+                _thinned_append(self.gate_opened, (event.engine_id, event.ts))
                 for gpu, nbytes in zip(event.gpus, event.observed_bytes, strict=False):
                     if nbytes is not None:
-                        self.open_readings.append((gpu, event.ts, nbytes / GIB))
+                        _thinned_append(self.open_readings, (gpu, event.ts, nbytes / GIB))
         elif isinstance(event, GateTimedOut):
             if event.gate == "wake" and event.engine_id:
-                self.gate_timeouts.append((event.engine_id, event.ts))
+                _thinned_append(self.gate_timeouts, (event.engine_id, event.ts))
         elif isinstance(event, PhaseChanged):
-            self.phases.append((event.ts, f"{event.step}:{event.phase}"))
+            _thinned_append(self.phases, (event.ts, f"{event.step}:{event.phase}"))
 
     def close(self, end: float) -> None:
         for eid, (state, since) in self._open.items():
             self.spans.setdefault(eid, []).append((state, since, end))
         self._open.clear()
+
+
+def _thinned_append(items: list[Any], item: Any) -> None:
+    """Append; past ``MAX_MARKERS`` keep every other item (a uniform thinning)."""
+    items.append(item)
+    if len(items) > MAX_MARKERS:
+        del items[1::2]
+
+
+def _halve(t: array[float], v: array[float]) -> tuple[array[float], array[float]]:
+    """Half the points: each pair keeps the one with the higher reading (the peak)."""
+    nt: array[float] = array("d")
+    nv: array[float] = array("d")
+    n = len(t) - len(t) % 2
+    for i in range(0, n, 2):
+        k = i if v[i] >= v[i + 1] else i + 1
+        nt.append(t[k])
+        nv.append(v[k])
+    if n < len(t):
+        nt.append(t[-1])
+        nv.append(v[-1])
+    return nt, nv
+
+
+def _merge_spans(
+    spans: list[tuple[str, float, float]], buckets: int
+) -> list[tuple[str, float, float]]:
+    """At most ``buckets`` spans over the same time: each bucket takes the state its engine
+    spent most of it in (``failed`` wins any bucket it touches); equal neighbours merge."""
+    start, stop = spans[0][1], spans[-1][2]
+    width = (stop - start) / buckets or 1e-9
+    out: list[tuple[str, float, float]] = []
+    i = 0
+    for b in range(buckets):
+        lo, hi = start + b * width, (start + (b + 1) * width if b < buckets - 1 else stop)
+        time_in: dict[str, float] = {}
+        while i < len(spans) and spans[i][2] <= lo:
+            i += 1
+        j = i
+        while j < len(spans) and spans[j][1] < hi:
+            st, a, z = spans[j]
+            time_in[st] = time_in.get(st, 0.0) + max(0.0, min(z, hi) - max(a, lo))
+            j += 1
+        if not time_in:
+            continue
+        state = "failed" if "failed" in time_in else max(time_in, key=time_in.__getitem__)
+        if out and out[-1][0] == state and abs(out[-1][2] - lo) < width * 1e-6:
+            out[-1] = (state, out[-1][1], hi)
+        else:
+            out.append((state, lo, hi))
+    return out
 
 
 def _matplotlib() -> Any:
@@ -116,18 +203,29 @@ def _decimate(t: array[float], v: array[float]) -> tuple[list[float], list[float
 
 
 def render_timeline(
-    result: ReplayResult, data: TimelineCollector, out: str | os.PathLike[str], *, dpi: int = 110
+    result: ReplayResult,
+    data: TimelineCollector,
+    out: str | os.PathLike[str] | BinaryIO,
+    *,
+    dpi: int = 110,
+    fmt: str | None = None,
 ) -> None:
-    """Draw the timeline of a replayed run to a PNG at ``out``."""
+    """Draw the timeline of a replayed run to ``out`` (a path or a binary file; the format
+    is ``fmt``, else the path's suffix)."""
     _mpl, Figure, FigureCanvasAgg, Patch, Line2D = _matplotlib()
     t0 = result.first_ts
     end = result.last_ts - t0
     gpus = [g.key for g in sorted(result.gpus.values(), key=lambda g: g.order)]
+    if len(gpus) > MAX_LANES:
+        _render_overview(result, data, out, dpi=dpi, fmt=fmt)
+        return
     on_gpu = {g: [e for e in result.engines.values() if g in e.gpus] for g in gpus}
     threshold = result.run.threshold_bytes
     heights: list[float] = []
     for g in gpus:
         heights += [2.2, 0.42 * max(1, len(on_gpu[g])), 0.35]  # memory, states, spacer
+    if not heights:  # nothing registered up to --until: an empty page that says so
+        heights = [1.0]
     fig = Figure(figsize=(15, sum(heights) * 0.75 + 1.6), dpi=dpi)
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(len(heights), 1, height_ratios=heights, hspace=0.0)
@@ -207,7 +305,10 @@ def render_timeline(
         for row, eng in enumerate(engines):
             y = len(engines) - 1 - row
             by_state: dict[str, list[tuple[float, float]]] = {}
-            for state, start, stop in data.spans.get(eng.engine_id, ()):
+            spans = data.spans.get(eng.engine_id, [])
+            if len(spans) > MAX_SPANS_DRAWN:
+                spans = _merge_spans(spans, MAX_SPANS_DRAWN)
+            for state, start, stop in spans:
                 by_state.setdefault(state, []).append((start - t0, max(stop - start, 1e-9)))
             for state, ranges in by_state.items():  # one collection per state: fast to draw
                 st_ax.broken_barh(
@@ -279,19 +380,163 @@ def render_timeline(
     fig.subplots_adjust(
         left=0.08, right=0.99, top=1.0 - 0.9 / fig.get_figheight(), bottom=0.5 / fig.get_figheight()
     )
-    fig.savefig(os.fspath(out), dpi=dpi)
+    _save(fig, out, dpi, fmt)
+
+
+def _save(fig: Any, out: str | os.PathLike[str] | BinaryIO, dpi: int, fmt: str | None) -> None:
+    if isinstance(out, (str, os.PathLike)):
+        fig.savefig(os.fspath(out), dpi=dpi, format=fmt)
+    else:
+        fig.savefig(out, dpi=dpi, format=fmt)
+
+
+def _render_overview(
+    result: ReplayResult,
+    data: TimelineCollector,
+    out: str | os.PathLike[str] | BinaryIO,
+    *,
+    dpi: int,
+    fmt: str | None,
+) -> None:
+    """Many GPUs: two heat maps on a fixed-size page (used memory per GPU, state per engine)."""
+    import numpy as np
+
+    _mpl, Figure, FigureCanvasAgg, Patch, Line2D = _matplotlib()
+    t0 = result.first_ts
+    end = max(result.last_ts - t0, 1e-6)
+    gpus = [g.key for g in sorted(result.gpus.values(), key=lambda g: g.order)]
+    lane = {g: i for i, g in enumerate(gpus)}
+    engines = sorted(
+        result.engines.values(),
+        key=lambda e: (lane.get(e.gpus[0], 0) if e.gpus else 0, e.engine_id),
+    )
+    n = OVERVIEW_BUCKETS
+    width = end / n
+    mem = np.full((len(gpus), n), np.nan)
+    for row, gpu in enumerate(gpus):
+        series = data.memory.get(gpu)
+        if series is None or not len(series.t):
+            continue
+        t = np.frombuffer(series.t, dtype=np.float64) - t0
+        v = np.frombuffer(series.used, dtype=np.float64)
+        cols = np.clip((t / width).astype(np.int64), 0, n - 1)
+        peak = np.full(n, -np.inf)
+        np.maximum.at(peak, cols, v)
+        # a bucket without a sample holds the last reading before it (none before: blank)
+        seen = peak > -np.inf
+        last = np.maximum.accumulate(np.where(seen, np.arange(n), -1))
+        mem[row] = np.where(last >= 0, peak[np.maximum(last, 0)], np.nan)
+    states = list(STATE_COLORS)
+    code = {s: i for i, s in enumerate(states)}
+    grid = np.full((max(1, len(engines)), n), np.nan)
+    for row, eng in enumerate(engines):
+        occ = np.zeros((len(states), n))
+        for state, start, stop in data.spans.get(eng.engine_id, ()):
+            k = code.get(state)
+            if k is None:
+                continue
+            a, z = (start - t0) / width, (stop - t0) / width
+            ca, cz = min(int(a), n - 1), min(int(z), n - 1)
+            if ca == cz:
+                occ[k, ca] += z - a
+            else:
+                occ[k, ca] += ca + 1 - a
+                occ[k, ca + 1 : cz] += 1.0
+                occ[k, cz] += z - cz
+        seen = occ.sum(axis=0) > 0
+        best = occ.argmax(axis=0).astype(float)
+        best[occ[code["failed"]] > 0] = code["failed"]
+        grid[row] = np.where(seen, best, np.nan)
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize, to_rgba
+
+    fig = Figure(figsize=(15, 11), dpi=dpi)
+    FigureCanvasAgg(fig)
+    mem_ax, st_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 1.3]})
+    threshold = result.run.threshold_bytes
+    # Both maps are coloured here, as RGBA bytes: matplotlib then only scales pixels.
+    peak_gib = max((g.peak_used or 0 for g in result.gpus.values()), default=0) / GIB
+    norm = Normalize(0.0, max(peak_gib, (threshold or 0) / GIB, 1.0))
+    rgba = colormaps["Blues"](norm(np.nan_to_num(mem, nan=0.0)), bytes=True)
+    rgba[np.isnan(mem)] = (255, 255, 255, 255)
+    mem_ax.imshow(rgba, aspect="auto", interpolation="nearest", extent=(0, end, len(gpus), 0))
+    fig.subplots_adjust(left=0.07, right=0.92, top=0.93, bottom=0.06, hspace=0.08)
+    box = mem_ax.get_position()
+    cax = fig.add_axes((0.93, box.y0, 0.012, box.height))
+    bar = fig.colorbar(ScalarMappable(norm, colormaps["Blues"]), cax=cax)
+    bar.set_label("used GiB (bucket peak)", fontsize=8)
+    bar.ax.tick_params(labelsize=8)
+    if threshold is not None:
+        bar.ax.axhline(threshold / GIB, color="#d62728", ls="--", lw=1.5)
+    mem_ax.set_ylabel(f"{len(gpus)} GPUs", fontsize=9)
+    palette = np.array(
+        [[int(c * 255) for c in to_rgba(STATE_COLORS[s])] for s in states] + [[255] * 4],
+        dtype=np.uint8,
+    )
+    codes = np.where(np.isnan(grid), len(states), np.nan_to_num(grid)).astype(np.int64)
+    st_ax.imshow(
+        palette[codes],
+        aspect="auto",
+        interpolation="nearest",
+        extent=(0, end, max(1, len(engines)), 0),
+    )
+    st_ax.set_ylabel(f"{len(engines)} engines (by first GPU)", fontsize=9)
+    st_ax.set_xlabel(
+        f"seconds since run start ({n} buckets of {width:.3g} s: each shows its peak memory, "
+        "its dominant state; failed wins)",
+        fontsize=9,
+    )
+    for ax in (mem_ax, st_ax):
+        ax.tick_params(labelsize=8)
+    for violation in result.violations:
+        ts = (violation.ts if violation.ts is not None else result.last_ts) - t0
+        for ax in (mem_ax, st_ax):
+            ax.axvline(ts, color="#d62728", lw=1.0, alpha=0.8)
+    handles = [Patch(facecolor=c, label=s) for s, c in STATE_COLORS.items()]
+    handles += [
+        Line2D([], [], color="#d62728", ls="--", label="wake threshold (colour bar)"),
+        Line2D([], [], color="#d62728", lw=1, label="violation"),
+    ]
+    fig.legend(
+        handles=handles,
+        loc="upper center",
+        ncol=len(handles),
+        fontsize=8,
+        frameon=False,
+        bbox_to_anchor=(0.5, 0.965),
+    )
+    status = f"{result.violation_count} violation(s)" if result.violation_count else "no violations"
+    thr = "no wake gate" if threshold is None else f"wake threshold {threshold / GIB:.1f} GiB"
+    fig.suptitle(
+        f"run {result.run.run_id}: {len(result.engines)} engines, {len(gpus)} GPUs, "
+        f"{end:.1f} s, {thr}, {status}" + (" (TRUNCATED)" if result.truncated else ""),
+        y=0.99,
+        fontsize=11,
+    )
+    _save(fig, out, dpi, fmt)
 
 
 def plot_log(
-    log: str | os.PathLike[str], out: str | os.PathLike[str], *, until: int | None = None
+    log: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    until: int | None = None,
+    force: bool = False,
 ) -> ReplayResult:
-    """Replay ``log`` and draw its timeline to ``out`` (PNG, SVG or PDF by suffix)."""
+    """Replay ``log`` and draw its timeline to ``out`` (PNG, SVG or PDF by suffix), under the
+    safe-output rule (:mod:`offload_fsm.core.safe_output`): checked before the log is read, the
+    picture drawn in memory, then written to a temporary file renamed over ``out``."""
     _matplotlib()  # fail before reading a large log when the extra is missing
+    path = check_output("-o", out, suffixes=PLOT_SUFFIXES, inputs=(log,), force=force)
     data = TimelineCollector()
     result = replay_path(log, until=until, observers=(data,))
     data.close(result.last_ts)
-    render_timeline(result, data, out)
+    picture = io.BytesIO()
+    render_timeline(result, data, picture, fmt=path.suffix.lower().lstrip("."))
+    with atomic_output("-o", path) as f:
+        f.write(picture.getbuffer())
     return result
 
 
-__all__ = ["STATE_COLORS", "TimelineCollector", "plot_log", "render_timeline"]
+__all__ = ["PLOT_SUFFIXES", "STATE_COLORS", "TimelineCollector", "plot_log", "render_timeline"]

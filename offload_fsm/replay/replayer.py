@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
-from offload_fsm.core.errors import EventDecodeError
+from offload_fsm.core.errors import ConfigError, EventDecodeError
 from offload_fsm.core.lifecycle import State
+from offload_fsm.core.limits import check_threshold_bytes
 from offload_fsm.events.eventlog import ReadReport, read_numbered_events
 from offload_fsm.events.kinds import (
     AdapterCallFailed,
@@ -114,6 +115,13 @@ class Replayer(WakeGateChecks):
             raise EventDecodeError(
                 f"a run's log starts with run_started, not {event.kind}", line=line, field="kind"
             )
+        if event.threshold_bytes is not None:
+            try:
+                check_threshold_bytes(
+                    "run_started.threshold_bytes", event.threshold_bytes, event.threshold_bytes
+                )
+            except ConfigError as exc:
+                raise EventDecodeError(str(exc), line=line, field="threshold_bytes") from None
         self.run = event
         self._run_id = event.run_id
         self._counts[RunStarted] += 1

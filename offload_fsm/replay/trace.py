@@ -15,14 +15,13 @@ Times are microseconds since ``run_started``. The file is written while the log 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
 import msgspec
 
 from offload_fsm.core.redact import redact, redact_optional
+from offload_fsm.core.safe_output import atomic_output, check_output
 from offload_fsm.events.kinds import (
     AdapterCallFailed,
     AdapterCallFinished,
@@ -271,28 +270,25 @@ class TraceWriter:
         self._emit({"ph": "M", "name": name, "pid": pid, "tid": tid, "args": {key: value}})
 
 
-@contextmanager
-def _atomic(path: str) -> Iterator[IO[bytes]]:
-    """Write next to ``path`` and rename on success: no half-written trace on failure."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb", buffering=1 << 20) as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+TRACE_SUFFIXES = (".json",)
 
 
 def write_trace(
-    log: str | os.PathLike[str], out: str | os.PathLike[str], *, until: int | None = None
+    log: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    until: int | None = None,
+    force: bool = False,
 ) -> tuple[ReplayResult, TraceStats]:
-    """Replay ``log`` and write its trace to ``out``."""
-    with _atomic(os.fspath(out)) as f:
+    """Replay ``log`` and write its trace to ``out`` under the safe-output rule
+    (:mod:`offload_fsm.core.safe_output`): checked before the log is read, written to a temporary
+    file renamed over ``out`` only when the whole trace was written."""
+    path = check_output("-o", out, suffixes=TRACE_SUFFIXES, inputs=(log,), force=force)
+    with atomic_output("-o", path) as f:
         writer = TraceWriter(f)
         result = replay_path(log, until=until, observers=(writer,))
         stats = writer.close(result)
     return result, stats
 
 
-__all__ = ["TraceStats", "TraceWriter", "write_trace"]
+__all__ = ["TRACE_SUFFIXES", "TraceStats", "TraceWriter", "write_trace"]
