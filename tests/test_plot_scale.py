@@ -12,7 +12,7 @@ pytest.importorskip("matplotlib")
 
 from offload_fsm.commands import cli
 from offload_fsm.events.kinds import MemorySample, PhaseChanged
-from offload_fsm.replay import EngineTrack, plot
+from offload_fsm.replay import EngineTrack, timeline
 
 GIB = 1024**3
 
@@ -29,12 +29,12 @@ def test_the_collector_keeps_bounded_memory_on_a_long_log(monkeypatch: pytest.Mo
     """Observations far past the caps (memory samples, state changes, phases; the caps are
     made small here so that the test is quick): what the collector keeps stays under its
     caps, and the memory it holds stays flat from the middle of the stream to its end."""
-    monkeypatch.setattr(plot, "POINT_BUDGET", 1_000)
-    monkeypatch.setattr(plot, "MIN_LANE_POINTS", 64)
-    monkeypatch.setattr(plot, "SPAN_BUDGET", 400)
-    monkeypatch.setattr(plot, "MIN_ENGINE_SPANS", 16)
-    monkeypatch.setattr(plot, "MAX_MARKERS", 500)
-    data = plot.TimelineCollector()
+    monkeypatch.setattr(timeline, "POINT_BUDGET", 1_000)
+    monkeypatch.setattr(timeline, "MIN_LANE_POINTS", 64)
+    monkeypatch.setattr(timeline, "SPAN_BUDGET", 400)
+    monkeypatch.setattr(timeline, "MIN_ENGINE_SPANS", 16)
+    monkeypatch.setattr(timeline, "MAX_MARKERS", 500)
+    data = timeline.TimelineCollector()
     engines = [_engine(f"e{i}", f"GPU-{i % 4}") for i in range(8)]
     states = ["waking", "active", "releasing", "slept", "gated"]
     tracemalloc.start()
@@ -59,7 +59,7 @@ def test_the_collector_keeps_bounded_memory_on_a_long_log(monkeypatch: pytest.Mo
     data.close(n * 0.001)
     assert all(len(s.t) <= 2 * data._point_cap() for s in data.memory.values())
     assert all(len(s) <= 2 * data._span_cap() + 1 for s in data.spans.values())
-    assert len(data.phases) <= plot.MAX_MARKERS
+    assert len(data.phases) <= timeline.MAX_MARKERS
     assert peak < peak_at_half * 1.25 + 2**20, (peak_at_half, peak)  # flat, not growing
     # the peak survives the halving: every 80 GiB-wide cycle still shows its top
     assert max(max(s.used) for s in data.memory.values()) == 79.0
@@ -67,7 +67,7 @@ def test_the_collector_keeps_bounded_memory_on_a_long_log(monkeypatch: pytest.Mo
 
 def test_merged_spans_keep_time_and_let_failed_win() -> None:
     spans = [("active", 0.0, 0.9), ("failed", 0.9, 0.91), ("slept", 0.91, 10.0)]
-    merged = plot._merge_spans(spans, 10)
+    merged = timeline.merge_spans(spans, 10)
     assert merged[0] == ("failed", 0.0, 1.0)  # the first bucket touched failed
     assert merged[-1][0] == "slept" and merged[-1][2] == 10.0
     assert len(merged) == 2  # equal neighbours merged
