@@ -235,26 +235,41 @@ def render_timeline(
         Line2D([], [], marker="x", color="#d62728", ls="none", label="gate timed out"),
         Line2D([], [], color="#d62728", lw=2, label="violation"),
     ]
+    _legend_and_title(
+        fig, handles, result, len(gpus), end, threshold, (1.0, 1.0 - 0.35 / fig.get_figheight())
+    )
+    fig.subplots_adjust(
+        left=0.08, right=0.99, top=1.0 - 0.9 / fig.get_figheight(), bottom=0.5 / fig.get_figheight()
+    )
+    _save(fig, out, dpi, fmt)
+
+
+def _legend_and_title(
+    fig: Any,
+    handles: list[Any],
+    result: ReplayResult,
+    gpu_count: int,
+    end: float,
+    threshold: int | None,
+    at: tuple[float, float],
+) -> None:
+    """The legend row and the run's title line; ``at``: (legend top, title) in figure units."""
     fig.legend(
         handles=handles,
         loc="upper center",
         ncol=len(handles),
         fontsize=8,
         frameon=False,
-        bbox_to_anchor=(0.5, 1.0),
+        bbox_to_anchor=(0.5, at[0]),
     )
     status = f"{result.violation_count} violation(s)" if result.violation_count else "no violations"
     thr = "no wake gate" if threshold is None else f"wake threshold {threshold / GIB:.1f} GiB"
     fig.suptitle(
-        f"run {result.run.run_id}: {len(result.engines)} engines, {len(gpus)} GPUs, "
+        f"run {result.run.run_id}: {len(result.engines)} engines, {gpu_count} GPUs, "
         f"{end:.1f} s, {thr}, {status}" + (" (TRUNCATED)" if result.truncated else ""),
-        y=1.0 - 0.35 / fig.get_figheight(),
+        y=at[1],
         fontsize=11,
     )
-    fig.subplots_adjust(
-        left=0.08, right=0.99, top=1.0 - 0.9 / fig.get_figheight(), bottom=0.5 / fig.get_figheight()
-    )
-    _save(fig, out, dpi, fmt)
 
 
 def _save(fig: Any, out: str | os.PathLike[str] | BinaryIO, dpi: int, fmt: str | None) -> None:
@@ -372,22 +387,7 @@ def _render_overview(
         Line2D([], [], color="#d62728", ls="--", label="wake threshold (colour bar)"),
         Line2D([], [], color="#d62728", lw=1, label="violation"),
     ]
-    fig.legend(
-        handles=handles,
-        loc="upper center",
-        ncol=len(handles),
-        fontsize=8,
-        frameon=False,
-        bbox_to_anchor=(0.5, 0.965),
-    )
-    status = f"{result.violation_count} violation(s)" if result.violation_count else "no violations"
-    thr = "no wake gate" if threshold is None else f"wake threshold {threshold / GIB:.1f} GiB"
-    fig.suptitle(
-        f"run {result.run.run_id}: {len(result.engines)} engines, {len(gpus)} GPUs, "
-        f"{end:.1f} s, {thr}, {status}" + (" (TRUNCATED)" if result.truncated else ""),
-        y=0.99,
-        fontsize=11,
-    )
+    _legend_and_title(fig, handles, result, len(gpus), end, threshold, (0.965, 0.99))
     _save(fig, out, dpi, fmt)
 
 
