@@ -149,3 +149,12 @@ def test_plot_bench_prints_run_and_plot_side_by_side(capsys: pytest.CaptureFixtu
     assert re.search(
         r"^\s+4\s+1\s+\d+\s+[\d.]+ s\s+\d+ MiB\s+[\d.]+ s\s+\d+ MiB\s+[\d.]+$", out, re.M
     ), out
+
+
+def test_plot_bench_plots_a_generated_log(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    assert bench_plot.main(["--gpus", "", "--events", "3000", "--timeout", "120"]) == 0
+    out = capsys.readouterr().out
+    row = re.search(r"^\s+4\s+gen\s+([\d,]+)\s", out, re.M)
+    assert row is not None, out
+    assert int(row[1].replace(",", "")) > 1000  # the generated log's events, counted

@@ -9,7 +9,7 @@ time and peak RSS (``wait4``'s ``ru_maxrss``) are printed. ``--old CHECKOUT`` pl
 logs with another checkout's code as well (e.g. ``git worktree add /tmp/old20 6703bea``: the
 code before the plot streamed and capped its lanes); a plot that runs past ``--timeout`` is
 killed and shown as ``>T``. ``--events N[,N]`` adds a row for a long generated log of about N
-events (tests/replay_fixtures.py, 4 GPUs, as bench_replay writes them; its "run" column is
+events (offload_fsm.testing.synthetic, 4 GPUs, as bench_replay writes them; its "run" column is
 the time to generate it): ``--events 2000000`` is the bounded-memory case.
 Figures: docs/performance.md.
 """
@@ -27,23 +27,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 RUN = """
-import os, sys, anyio
+import os, sys
 from offload_fsm.commands import cli
 from offload_fsm.drivers.cli_options import run_options
 from offload_fsm.drivers.runner import run_simulated
 from offload_fsm.drivers.topology import dual_topology
+from offload_fsm.timing.idle import run as run_virtual
 out, run_id, gpus, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 args = cli.build_parser().parse_args(
     ["demo", "--quiet", "--steps", steps, "--gpus", str(gpus), "--out", out, "--run-id", run_id]
 )
 opts = run_options(args, dual_topology(gpus, os.environ), "bench_plot")
-outcome = anyio.run(run_simulated, opts)
+outcome = run_virtual(run_simulated, opts)  # virtual time, as the demo runs it
 print(outcome.events)
 """
 FLOOR = "import offload_fsm.replay.plot as p; p._matplotlib(); import numpy"
 GENERATE = """
 import sys
-from tests.replay_fixtures import SimConfig, write_sim_log
+from offload_fsm.testing.synthetic import SimConfig, write_sim_log
 write_sim_log(sys.argv[1], SimConfig(steps=max(1, int(sys.argv[2]) // 101), co_tenant_p=0.3))
 with open(sys.argv[1], "rb") as f:
     print(sum(1 for _ in f))
