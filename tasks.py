@@ -14,8 +14,9 @@
 
 ``.venv`` holds the locked set: it is (re)installed when pyproject.toml or the lock changed
 since the last install, so CI installs exactly what the lock names, whatever day it runs.
-uv lives in ``.venv-tools``. ``--lowest`` and ``--latest`` build ``.venv-lowest`` / ``.venv-latest`` anew each time with uv
-(lowest-direct / highest resolution) for the interpreter that runs this script: run them as
+uv lives in ``.venv-tools``. ``--lowest`` and ``--latest`` build ``.venv-lowest`` /
+``.venv-latest`` anew each time with uv (lowest-direct / highest resolution) for the
+interpreter that runs this script: run them as
 ``python3.10 tasks.py test --lowest`` and ``python3.13 tasks.py test --latest`` to cover the
 supported range (docs/compatibility.md records what they installed).
 """
@@ -103,9 +104,10 @@ def resolved_venv(resolution: str) -> Path:
     shutil.rmtree(env, ignore_errors=True)
     py = create_venv(env)
     print(f"installing offload-fsm into {env.name} (uv, --resolution {resolution})", flush=True)
-    run(uv(), "pip", "install", "--python", py, "--resolution", resolution, "-e", EXTRAS)
+    resolver = uv()
+    run(resolver, "pip", "install", "--python", py, "--resolution", resolution, "-e", EXTRAS)
     versions = subprocess.run(
-        [uv(), "pip", "freeze", "--python", py], capture_output=True, text=True, check=True
+        [resolver, "pip", "freeze", "--python", py], capture_output=True, text=True, check=True
     ).stdout
     (env / "versions.txt").write_text(versions)
     print(f"{env.name}: Python {sys.version.split()[0]}; versions in {env / 'versions.txt'}")
